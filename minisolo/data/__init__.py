@@ -1,0 +1,64 @@
+"""Data for minisolo: synthetic shapes, COCO-format loading, transforms, COCO subsets.
+
+* :func:`make_shapes_dataset` writes a synthetic COCO-format dataset (fast, CPU friendly).
+* :class:`CocoInstances` reads any COCO-format folder as ``(image, target)`` pairs and
+  :func:`collate_batch` pads a list of them into a batch.
+* :func:`build_transforms` and the transform classes resize, flip and normalise images
+  together with their masks and boxes.
+* :func:`build_coco_subset` copies or downloads a small subset of real COCO.
+"""
+
+from .coco import CocoInstances, DataError, collate_batch, find_split
+from .shapes import SHAPE_CLASSES, make_shapes_dataset, render_shapes_image
+from .subset import (
+    ANNOTATIONS_MD5,
+    ANNOTATIONS_SIZE,
+    DownloadError,
+    build_coco_subset,
+    download_file,
+)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    Resize,
+    ToTensor,
+    build_transforms,
+    denormalize,
+    masks_to_boxes,
+    pad_to_multiple,
+    pad_to_size,
+    pil_to_tensor,
+    resize_masks,
+)
+
+__all__ = [
+    "ANNOTATIONS_MD5",
+    "ANNOTATIONS_SIZE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SHAPE_CLASSES",
+    "CocoInstances",
+    "Compose",
+    "DataError",
+    "DownloadError",
+    "Normalize",
+    "RandomHorizontalFlip",
+    "Resize",
+    "ToTensor",
+    "build_coco_subset",
+    "build_transforms",
+    "collate_batch",
+    "denormalize",
+    "download_file",
+    "find_split",
+    "make_shapes_dataset",
+    "masks_to_boxes",
+    "pad_to_multiple",
+    "pad_to_size",
+    "pil_to_tensor",
+    "render_shapes_image",
+    "resize_masks",
+]

@@ -1,0 +1,419 @@
+"""SOLO and Decoupled SOLO: heads, the full model, its loss and its inference.
+
+Paper: Wang et al., "SOLO: Segmenting Objects by Locations", ECCV 2020 (Fig. 2-4).
+
+For every FPN level the head has two branches on the same features:
+
+* **category branch**: the features are resized to S x S, go through a tower of
+  conv-GN-ReLU blocks and a 3x3 conv to C channels: one class score per grid cell;
+* **mask branch**: the features get two coordinate channels (CoordConv), go through a tower,
+  are upsampled x2 and a 1x1 conv gives S^2 channels; channel ``k = i * S + j`` is the mask of
+  the object whose centre falls in cell (i, j).
+
+Decoupled SOLO (paper Sec. 3.5, Fig. 4) replaces the S^2 channels by two sets of S: an X
+branch (columns, sees only the x coordinate) and a Y branch (rows, only y); the mask of cell
+(i, j) is ``sigmoid(Y_i) * sigmoid(X_j)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import FPN, ResNet
+from .config import SOLOConfig
+from .layers import conv_gn_relu_tower, coord_features
+from .losses import solo_category_loss, solo_mask_loss
+from .nms import mask_nms, matrix_nms, points_nms
+from .targets import solo_targets_batch
+
+
+def head_inputs(fpn_features: list[torch.Tensor]) -> list[torch.Tensor]:
+    """P2..P6 -> the five head inputs at strides 8, 8, 16, 32, 32 (official ``split_feats``):
+    P2 is downsampled x0.5 and P6 is resized to P5's size."""
+    p2, p3, p4, p5, p6 = fpn_features
+    return [
+        F.interpolate(p2, scale_factor=0.5, mode="bilinear", align_corners=False),
+        p3,
+        p4,
+        p5,
+        F.interpolate(p6, size=p5.shape[-2:], mode="bilinear", align_corners=False),
+    ]
+
+
+def _init_head_convs(module: nn.Module) -> None:
+    """Official initialisation: normal(std=0.01) for every head convolution."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def prior_bias(prior_probability: float = 0.01) -> float:
+    """Bias that makes ``sigmoid(bias) = prior_probability`` (focal loss paper, Sec. 4.1)."""
+    return -math.log((1 - prior_probability) / prior_probability)
+
+
+class CategoryBranch(nn.Module):
+    """Features -> bilinear resize to S x S -> tower -> 3x3 conv to C class logits."""
+
+    def __init__(self, config: SOLOConfig) -> None:
+        super().__init__()
+        c = config.head_channels
+        self.tower = conv_gn_relu_tower(
+            config.fpn_channels, c, config.stacked_convs, config.num_groups
+        )
+        self.classifier = nn.Conv2d(c, config.num_classes, 3, padding=1)
+        _init_head_convs(self)
+        nn.init.constant_(self.classifier.bias, prior_bias(0.01))
+
+    def forward(self, features: torch.Tensor, grid: int) -> torch.Tensor:
+        x = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
+        return self.classifier(self.tower(x))
+
+
+class SOLOHead(nn.Module):
+    """Vanilla SOLO head: towers shared over levels, one S^2-channel 1x1 conv per level."""
+
+    def __init__(self, config: SOLOConfig) -> None:
+        super().__init__()
+        c = config.head_channels
+        self.grids = tuple(config.grids)
+        self.category_branch = CategoryBranch(config)
+        # CoordConv: the first conv sees the features plus the two coordinate channels
+        self.mask_tower = conv_gn_relu_tower(
+            config.fpn_channels + 2, c, config.stacked_convs, config.num_groups
+        )
+        self.mask_outputs = nn.ModuleList(nn.Conv2d(c, s * s, 1) for s in self.grids)
+        _init_head_convs(self.mask_tower)
+        _init_head_convs(self.mask_outputs)
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        category, masks = [], []
+        for level, (x, grid) in enumerate(zip(features, self.grids, strict=True)):
+            m = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
+            m = F.interpolate(m, scale_factor=2, mode="bilinear", align_corners=False)
+            masks.append(self.mask_outputs[level](m))  # [B, S*S, 2h, 2w]
+            category.append(self.category_branch(x, grid))  # [B, C, S, S]
+        return {"category": category, "mask": masks}
+
+    @staticmethod
+    def cell_mask_logits(
+        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask logits of cells (rows[p], cols[p]) in image(s) ``image``: channel i*S + j."""
+        grid = int(math.isqrt(outputs["mask"][level].shape[1]))
+        return outputs["mask"][level][image, rows * grid + cols]
+
+    @staticmethod
+    def cell_mask_probs(
+        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.sigmoid(SOLOHead.cell_mask_logits(outputs, level, image, rows, cols))
+
+
+class DecoupledSOLOHead(nn.Module):
+    """Decoupled SOLO head: X and Y mask towers with S output channels each."""
+
+    def __init__(self, config: SOLOConfig) -> None:
+        super().__init__()
+        c = config.head_channels
+        self.grids = tuple(config.grids)
+        self.category_branch = CategoryBranch(config)
+        # each tower sees the features plus one coordinate: x for the X tower, y for the Y tower
+        tower_args = (config.fpn_channels + 1, c, config.stacked_convs, config.num_groups)
+        self.mask_tower_x = conv_gn_relu_tower(*tower_args)
+        self.mask_tower_y = conv_gn_relu_tower(*tower_args)
+        self.mask_outputs_x = nn.ModuleList(nn.Conv2d(c, s, 3, padding=1) for s in self.grids)
+        self.mask_outputs_y = nn.ModuleList(nn.Conv2d(c, s, 3, padding=1) for s in self.grids)
+        for module in (self.mask_tower_x, self.mask_tower_y):
+            _init_head_convs(module)
+        for module in (self.mask_outputs_x, self.mask_outputs_y):
+            _init_head_convs(module)
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        category, masks_x, masks_y = [], [], []
+        for level, (x, grid) in enumerate(zip(features, self.grids, strict=True)):
+            coords = coord_features(x)
+            fx = self.mask_tower_x(torch.cat([x, coords[:, 0:1]], dim=1))
+            fy = self.mask_tower_y(torch.cat([x, coords[:, 1:2]], dim=1))
+            fx = F.interpolate(fx, scale_factor=2, mode="bilinear", align_corners=False)
+            fy = F.interpolate(fy, scale_factor=2, mode="bilinear", align_corners=False)
+            masks_x.append(self.mask_outputs_x[level](fx))  # [B, S, 2h, 2w]: column j
+            masks_y.append(self.mask_outputs_y[level](fy))  # [B, S, 2h, 2w]: row i
+            category.append(self.category_branch(x, grid))
+        return {"category": category, "mask_x": masks_x, "mask_y": masks_y}
+
+    @staticmethod
+    def cell_mask_probs(
+        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask of cell (i, j) = sigmoid(Y_i) * sigmoid(X_j)."""
+        y = torch.sigmoid(outputs["mask_y"][level][image, rows])
+        x = torch.sigmoid(outputs["mask_x"][level][image, cols])
+        return y * x
+
+
+class SOLO(nn.Module):
+    """SOLO: ResNet + FPN + SOLO head. ``forward`` returns raw logits per level;
+    ``loss(outputs, targets)`` and ``predict(images)`` implement training and inference."""
+
+    head_class: type[nn.Module] = SOLOHead
+    model_kind = "solo"
+
+    def __init__(self, config: SOLOConfig) -> None:
+        super().__init__()
+        if config.model != self.model_kind:
+            config = dataclasses.replace(config, model=self.model_kind)
+        self.config = config
+        self.backbone = ResNet(
+            config.backbone_depth, config.backbone_width, config.frozen_stages, config.norm_eval
+        )
+        self.fpn = FPN(self.backbone.out_channels, config.fpn_channels, num_outs=5)
+        self.head = self.head_class(config)
+        if len(config.grids) != 5:
+            raise ValueError(f"SOLO uses five FPN levels; got {len(config.grids)} grids")
+
+    # ----------------------------------------------------------------------------- forward
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The five head inputs (strides 8, 8, 16, 32, 32) for a batch of padded images."""
+        return head_inputs(self.fpn(self.backbone(images)))
+
+    def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if images.shape[-2] % 32 or images.shape[-1] % 32:
+            raise ValueError(
+                f"image height and width must be multiples of 32 (pad them), got "
+                f"{tuple(images.shape[-2:])}"
+            )
+        return self.head(self.features(images))
+
+    # ----------------------------------------------------------------------------- loss
+    def targets(self, targets: Sequence[dict]) -> list:
+        """Grid targets for a batch of per-image dicts with ``masks`` and ``labels``."""
+        cfg = self.config
+        return solo_targets_batch(
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            num_classes=cfg.num_classes,
+            grids=cfg.grids,
+            scale_ranges=cfg.scale_ranges,
+            strides=cfg.strides,
+            sigma=cfg.sigma,
+            min_mask_area=cfg.min_mask_area,
+        )
+
+    def loss(self, outputs: dict, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """``L = L_cate + 3 * L_mask`` (paper Eq. 1) for a batch.
+
+        ``targets[b]`` holds ``masks`` (bool ``[N, H, W]`` at the padded input size) and
+        ``labels`` (``Long[N]`` in ``[0, C)``). Returns ``loss``, ``loss_cate``, ``loss_mask``
+        (the Dice mean before the x3 weight) and ``num_positives``.
+        """
+        cfg = self.config
+        level_targets = self.targets(targets)
+        mask_probs, mask_targets = [], []
+        for level, lt in enumerate(level_targets):
+            grid = cfg.grids[level]
+            image = lt.positive_index // (grid * grid)
+            cell = lt.positive_index % (grid * grid)
+            probs = self.head.cell_mask_probs(outputs, level, image, cell // grid, cell % grid)
+            if probs.shape[-2:] != lt.masks.shape[-2:]:
+                raise ValueError(
+                    f"level {level}: mask prediction {tuple(probs.shape[-2:])} and target "
+                    f"{tuple(lt.masks.shape[-2:])} differ; are the target masks at the padded "
+                    "input size?"
+                )
+            mask_probs.append(probs)
+            mask_targets.append(lt.masks)
+        num_positives = sum(lt.num_positives for lt in level_targets)
+        loss_cate = solo_category_loss(
+            outputs["category"],
+            [lt.category for lt in level_targets],
+            cfg.num_classes,
+            num_positives,
+            cfg.focal_gamma,
+            cfg.focal_alpha,
+        )
+        loss_mask = solo_mask_loss(mask_probs, mask_targets)
+        total = loss_cate + cfg.mask_loss_weight * loss_mask
+        return {
+            "loss": total,
+            "loss_cate": loss_cate,
+            "loss_mask": loss_mask,
+            "num_positives": torch.tensor(num_positives),
+        }
+
+    # ----------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        original_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Instances per image: ``masks`` (bool ``[K, h0, w0]`` at the original size),
+        ``labels`` (``Long[K]``), ``scores`` (``[K]``), highest score first.
+
+        ``images`` are normalised and padded ``[B, 3, H, W]``; ``image_sizes`` are the sizes
+        before padding (default: the padded size) and ``original_sizes`` the sizes to return
+        masks at (default: ``image_sizes``).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self(images)
+        finally:
+            self.train(was_training)
+        batch, _, height, width = images.shape
+        image_sizes = list(image_sizes or [(height, width)] * batch)
+        original_sizes = list(original_sizes or image_sizes)
+        return [
+            self.post_process(outputs, b, image_sizes[b], original_sizes[b]) for b in range(batch)
+        ]
+
+    def candidates(self, outputs: dict, image: int) -> dict[str, torch.Tensor]:
+        """Steps 1-4 of the official inference: points NMS, score > 0.1, binary masks at
+        stride 4, the small-mask filter and maskness rescoring. Nothing is suppressed yet."""
+        cfg = self.config
+        device = outputs["category"][0].device
+        mask_size = self._mask_size(outputs)
+        scores_all, labels_all, probs_all, strides_all, cells_all, levels_all = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
+        for level, logits in enumerate(outputs["category"]):
+            heat = points_nms(torch.sigmoid(logits[image : image + 1].float()))[0]  # [C, S, S]
+            label, row, col = (heat > cfg.score_threshold).nonzero(as_tuple=True)
+            if label.numel() == 0:
+                continue
+            probs = self.head.cell_mask_probs(outputs, level, image, row, col).float()
+            # all levels are compared at the stride-4 size of level 0 (official eval path)
+            probs = F.interpolate(probs[None], size=mask_size, mode="bilinear", align_corners=False)
+            grid = cfg.grids[level]
+            scores_all.append(heat[label, row, col])
+            labels_all.append(label)
+            probs_all.append(probs[0])
+            strides_all.append(torch.full_like(label, cfg.strides[level], dtype=torch.float32))
+            cells_all.append(row * grid + col)
+            levels_all.append(torch.full_like(label, level))
+        if not scores_all:
+            empty = torch.zeros(0, device=device)
+            return {
+                "scores": empty,
+                "labels": empty.long(),
+                "probs": torch.zeros((0, *mask_size), device=device),
+                "masks": torch.zeros((0, *mask_size), dtype=torch.bool, device=device),
+                "cells": empty.long(),
+                "levels": empty.long(),
+            }
+        scores = torch.cat(scores_all)
+        labels = torch.cat(labels_all)
+        probs = torch.cat(probs_all)
+        strides = torch.cat(strides_all)
+        masks = probs > cfg.mask_threshold
+        areas = masks.sum(dim=(1, 2)).float()
+        keep = areas > strides  # drop masks no larger than the level's stride (in mask pixels)
+        masks, probs, areas = masks[keep], probs[keep], areas[keep]
+        # maskness: the mean probability inside the binary mask rescales the class score
+        maskness = (probs * masks).sum(dim=(1, 2)) / areas
+        return {
+            "scores": scores[keep] * maskness,
+            "labels": labels[keep],
+            "probs": probs,
+            "masks": masks,
+            "areas": areas,
+            "cells": torch.cat(cells_all)[keep],
+            "levels": torch.cat(levels_all)[keep],
+        }
+
+    def post_process(
+        self,
+        outputs: dict,
+        image: int,
+        image_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """The official inference recipe for image ``image`` of a batch's ``outputs``."""
+        cfg = self.config
+        found = self.candidates(outputs, image)
+        order = torch.argsort(found["scores"], descending=True)[: cfg.nms_pre]
+        found = {k: v[order] for k, v in found.items()}
+        if cfg.nms == "matrix":
+            scores = matrix_nms(
+                found["masks"],
+                found["labels"],
+                found["scores"],
+                kernel=cfg.nms_kernel,
+                sigma=cfg.nms_sigma,
+                mask_areas=found.get("areas"),
+            )
+            keep = scores >= cfg.update_threshold
+        else:
+            keep_index = mask_nms(
+                found["masks"], found["labels"], found["scores"], cfg.mask_nms_iou
+            )
+            scores = found["scores"]
+            keep = torch.zeros_like(scores, dtype=torch.bool)
+            keep[keep_index] = True
+        scores = scores[keep]
+        order = torch.argsort(scores, descending=True)[: cfg.max_per_image]
+        scores = scores[order]
+        labels = found["labels"][keep][order]
+        probs = found["probs"][keep][order]
+        return {
+            "masks": self._to_original(probs, outputs, image_size, original_size),
+            "labels": labels,
+            "scores": scores,
+        }
+
+    def _mask_size(self, outputs: dict) -> tuple[int, int]:
+        key = "mask" if "mask" in outputs else "mask_x"
+        return tuple(outputs[key][0].shape[-2:])
+
+    def _to_original(
+        self,
+        probs: torch.Tensor,
+        outputs: dict,
+        image_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Stride-4 mask probabilities -> padded input size -> crop -> original size -> > 0.5."""
+        h, w = self._mask_size(outputs)
+        if probs.shape[0] == 0:
+            return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
+        full = F.interpolate(probs[None], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        full = full[:, :, : image_size[0], : image_size[1]]
+        full = F.interpolate(full, size=tuple(original_size), mode="bilinear", align_corners=False)
+        return full[0] > self.config.mask_threshold
+
+
+class DecoupledSOLO(SOLO):
+    """Decoupled SOLO: the same model with the X/Y mask head (paper Sec. 3.5)."""
+
+    head_class = DecoupledSOLOHead
+    model_kind = "decoupled_solo"
+
+
+def build_model(config) -> nn.Module:
+    """The model a config describes (``config.model``: solo, decoupled_solo or yolact)."""
+    if config.model == "solo":
+        return SOLO(config)
+    if config.model == "decoupled_solo":
+        return DecoupledSOLO(config)
+    if config.model == "yolact":
+        from .yolact import YOLACT
+
+        return YOLACT(config)
+    raise ValueError(f"unknown model kind {config.model!r}")

@@ -1,0 +1,266 @@
+"""SOLO grid label assignment: which grid cell must predict which object (paper Sec. 3.1-3.2).
+
+SOLO divides the image into an S x S grid per FPN level. An object belongs to a level when the
+square root of its box area lies in that level's (overlapping) scale range. Within a level, the
+cells near the object's centre of mass are "positive": they must predict the object's class in
+the category branch, and the object's mask in mask channel ``k = i * S + j``.
+
+The rules, exactly as the official ``solo_target_single`` implements them:
+
+1. centre of mass ``(cx, cy)`` of the mask at the padded input resolution ``(H, W)``;
+2. the centre region: half extents ``0.5 * box_w * sigma`` and ``0.5 * box_h * sigma``
+   (``sigma = 0.2``, the paper's epsilon), centred on the centre of mass;
+3. cell of the centre ``i0 = floor(cy / H * S)``, ``j0 = floor(cx / W * S)``; region rows
+   ``top = max(0, floor((cy - half_h) / H * S))``, ``down = min(S - 1, floor((cy + half_h) / H * S))``,
+   columns likewise;
+4. the region is clamped to the 3x3 neighbourhood of ``(i0, j0)``;
+5. every cell of the region gets the object's class; a later object overwrites an earlier one;
+   each positive cell's mask target is the object's mask resized to the level's mask size.
+
+Everything below is vectorised per level with tensor operations on the masks' device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LevelTargets:
+    """Targets of one FPN level for one image (or, from :func:`solo_targets_batch`, a batch).
+
+    Attributes:
+        category: ``Long[S, S]`` class id per cell, ``num_classes`` for background
+            (``Long[B, S, S]`` for a batch).
+        positive_index: ``Long[P]`` flat index ``k = i * S + j`` of each positive cell,
+            ascending (for a batch: ``b * S * S + k``).
+        masks: ``Bool[P, h, w]`` the mask target of each positive cell at the level's mask
+            resolution (input size / (stride / 2)).
+        instance: ``Long[P]`` which ground-truth object each positive cell came from.
+    """
+
+    category: torch.Tensor
+    positive_index: torch.Tensor
+    masks: torch.Tensor
+    instance: torch.Tensor
+
+    @property
+    def num_positives(self) -> int:
+        return int(self.positive_index.numel())
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight ``x1, y1, x2, y2`` boxes of boolean masks ``[N, H, W]`` (x2, y2 exclusive).
+
+    An empty mask gets the box ``0, 0, 0, 0``.
+    """
+    n, h, w = masks.shape
+    if n == 0:
+        return masks.new_zeros((0, 4), dtype=torch.float32)
+    rows = masks.any(dim=2)  # [N, H]
+    cols = masks.any(dim=1)  # [N, W]
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    big = max(h, w) + 1
+    y1 = torch.where(rows, ys, big).amin(dim=1)
+    y2 = torch.where(rows, ys, -1).amax(dim=1) + 1
+    x1 = torch.where(cols, xs, big).amin(dim=1)
+    x2 = torch.where(cols, xs, -1).amax(dim=1) + 1
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre of mass ``(cx, cy)`` of each mask in pixel-index coordinates (like SciPy's)."""
+    weights = masks.float()
+    area = weights.sum(dim=(1, 2)).clamp(min=1.0)
+    ys = torch.arange(masks.shape[1], device=masks.device, dtype=torch.float32)
+    xs = torch.arange(masks.shape[2], device=masks.device, dtype=torch.float32)
+    cy = (weights.sum(dim=2) * ys).sum(dim=1) / area
+    cx = (weights.sum(dim=1) * xs).sum(dim=1) / area
+    return cx, cy
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize boolean masks ``[N, H, W]`` to ``size`` (bilinear, then >= 0.5), as the official
+    code does with ``mmcv.imrescale`` on uint8 masks (OpenCV rounds half up)."""
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, *size), dtype=torch.bool)
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks.bool()
+    resized = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    return resized[:, 0] >= 0.5
+
+
+def center_regions(
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    boxes: torch.Tensor,
+    image_size: tuple[int, int],
+    grid: int,
+    sigma: float = 0.2,
+) -> torch.Tensor:
+    """Rows and columns ``[G, 4]`` (top, down, left, right; inclusive) of each object's
+    positive cells on an S x S grid: the sigma centre region clamped to the 3x3 neighbourhood."""
+    h, w = image_size
+    half_w = 0.5 * (boxes[:, 2] - boxes[:, 0]) * sigma
+    half_h = 0.5 * (boxes[:, 3] - boxes[:, 1]) * sigma
+    i0 = torch.floor(cy / h * grid).long()
+    j0 = torch.floor(cx / w * grid).long()
+    top = torch.floor((cy - half_h) / h * grid).long().clamp(min=0)
+    down = torch.floor((cy + half_h) / h * grid).long().clamp(max=grid - 1)
+    left = torch.floor((cx - half_w) / w * grid).long().clamp(min=0)
+    right = torch.floor((cx + half_w) / w * grid).long().clamp(max=grid - 1)
+    # clamp to the 3x3 neighbourhood of the centre cell
+    top = torch.maximum(top, i0 - 1)
+    down = torch.minimum(down, i0 + 1)
+    left = torch.maximum(left, j0 - 1)
+    right = torch.minimum(right, j0 + 1)
+    return torch.stack([top, down, left, right], dim=1)
+
+
+def _check_inputs(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    grids: Sequence[int],
+    scale_ranges: Sequence[Sequence[float]],
+    strides: Sequence[int],
+    boxes: torch.Tensor | None,
+) -> None:
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a bool tensor [N, H, W], got {shape}")
+    if masks.dtype not in (torch.bool, torch.uint8):
+        raise ValueError(f"masks must be bool (or uint8 0/1), got dtype {masks.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D integer tensor [N]")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.numel() != masks.shape[0]:
+        raise ValueError(f"got {masks.shape[0]} masks but {labels.numel()} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got min {int(labels.min())}, "
+            f"max {int(labels.max())}"
+        )
+    if not (len(grids) == len(scale_ranges) == len(strides)):
+        raise ValueError(
+            f"grids, scale_ranges and strides need one entry per level, got {len(grids)}, "
+            f"{len(scale_ranges)}, {len(strides)}"
+        )
+    if boxes is not None and (boxes.dim() != 2 or boxes.shape != (masks.shape[0], 4)):
+        raise ValueError(f"boxes must be [N, 4], got {tuple(boxes.shape)}")
+
+
+def solo_targets(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_classes: int,
+    grids: Sequence[int],
+    scale_ranges: Sequence[Sequence[float]],
+    strides: Sequence[int],
+    sigma: float = 0.2,
+    boxes: torch.Tensor | None = None,
+    min_mask_area: int = 10,
+) -> list[LevelTargets]:
+    """SOLO targets of one image, one :class:`LevelTargets` per FPN level.
+
+    Args:
+        masks: ``Bool[N, H, W]`` instance masks at the padded input size.
+        labels: ``Long[N]`` class ids in ``[0, num_classes)``.
+        num_classes: C; the background id is C.
+        grids: S per level, e.g. ``(40, 36, 24, 16, 12)``.
+        scale_ranges: ``(lower, upper)`` per level on ``sqrt(box_w * box_h)``, inclusive.
+        strides: head-input stride per level; masks are predicted at ``stride / 2``.
+        sigma: the centre-region scale (paper: epsilon = 0.2).
+        boxes: ``[N, 4]`` x1, y1, x2, y2 in pixels; default the masks' tight boxes.
+        min_mask_area: masks with fewer pixels assign nothing (official: 10).
+    """
+    _check_inputs(masks, labels, num_classes, grids, scale_ranges, strides, boxes)
+    masks = masks.bool()
+    labels = labels.long()
+    device = masks.device
+    height, width = masks.shape[-2:]
+    if boxes is None:
+        boxes = masks_to_boxes(masks)
+    boxes = boxes.to(device=device, dtype=torch.float32)
+    box_size = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]))
+    area = masks.sum(dim=(1, 2))
+    usable = (area >= max(min_mask_area, 1)) & (area > 0)
+    cx, cy = center_of_mass(masks)
+
+    resized_cache: dict[tuple[int, int], torch.Tensor] = {}
+    levels = []
+    for grid, (lower, upper), stride in zip(grids, scale_ranges, strides, strict=True):
+        mask_stride = stride / 2
+        mask_size = (round(height / mask_stride), round(width / mask_stride))
+        category = torch.full((grid, grid), num_classes, dtype=torch.long, device=device)
+        in_level = usable & (box_size >= lower) & (box_size <= upper)
+        hit = in_level.nonzero().squeeze(1)  # ascending: later objects come later
+        if hit.numel() == 0:
+            levels.append(_empty_level(category, mask_size))
+            continue
+
+        region = center_regions(cx[hit], cy[hit], boxes[hit], (height, width), grid, sigma)
+        cells = torch.arange(grid, device=device)
+        rows_in = (cells >= region[:, 0:1]) & (cells <= region[:, 1:2])  # [G, S]
+        cols_in = (cells >= region[:, 2:3]) & (cells <= region[:, 3:4])  # [G, S]
+        covers = rows_in[:, :, None] & cols_in[:, None, :]  # [G, S, S]
+        # "a later GT overwrites an earlier one": each cell belongs to the last object covering it
+        order = torch.arange(1, hit.numel() + 1, device=device)
+        owner = (covers.long() * order[:, None, None]).amax(dim=0) - 1  # [S, S], -1 = none
+        positive = owner >= 0
+        category[positive] = labels[hit][owner[positive]]
+
+        flat_owner = owner.flatten()
+        positive_index = positive.flatten().nonzero().squeeze(1)  # k = i * S + j, ascending
+        instance = hit[flat_owner[positive_index]]
+        if mask_size not in resized_cache:
+            resized_cache[mask_size] = torch.zeros(
+                (masks.shape[0], *mask_size), dtype=torch.bool, device=device
+            )
+            resized_cache[mask_size][usable] = resize_masks(masks[usable], mask_size)
+        levels.append(
+            LevelTargets(category, positive_index, resized_cache[mask_size][instance], instance)
+        )
+    return levels
+
+
+def _empty_level(category: torch.Tensor, mask_size: tuple[int, int]) -> LevelTargets:
+    device = category.device
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return LevelTargets(
+        category, empty, torch.zeros((0, *mask_size), dtype=torch.bool, device=device), empty
+    )
+
+
+def solo_targets_batch(
+    masks: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    **kwargs,
+) -> list[LevelTargets]:
+    """Targets for a batch: per level, ``category`` is ``[B, S, S]`` and ``positive_index``
+    indexes the flattened ``[B * S * S]`` cells (``b * S * S + k``); ``instance`` is the object's
+    index within its own image. Keyword arguments are those of :func:`solo_targets`."""
+    per_image = [solo_targets(m, l, **kwargs) for m, l in zip(masks, labels, strict=True)]
+    batched = []
+    for level in range(len(kwargs["grids"])):
+        parts = [image_levels[level] for image_levels in per_image]
+        cells = kwargs["grids"][level] ** 2
+        batched.append(
+            LevelTargets(
+                category=torch.stack([p.category for p in parts]),
+                positive_index=torch.cat(
+                    [p.positive_index + b * cells for b, p in enumerate(parts)]
+                ),
+                masks=torch.cat([p.masks for p in parts]),
+                instance=torch.cat([p.instance for p in parts]),
+            )
+        )
+    return batched
