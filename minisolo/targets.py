@@ -11,8 +11,8 @@ The rules, exactly as the official ``solo_target_single`` implements them:
 2. the centre region: half extents ``0.5 * box_w * sigma`` and ``0.5 * box_h * sigma``
    (``sigma = 0.2``, the paper's epsilon), centred on the centre of mass;
 3. cell of the centre ``i0 = floor(cy / H * S)``, ``j0 = floor(cx / W * S)``; region rows
-   ``top = max(0, floor((cy - half_h) / H * S))``, ``down = min(S - 1, floor((cy + half_h) / H * S))``,
-   columns likewise;
+   ``top = max(0, floor((cy - half_h) / H * S))`` and
+   ``down = min(S - 1, floor((cy + half_h) / H * S))``, columns likewise;
 4. the region is clamped to the 3x3 neighbourhood of ``(i0, j0)``;
 5. every cell of the region gets the object's class; a later object overwrites an earlier one;
    each positive cell's mask target is the object's mask resized to the level's mask size.

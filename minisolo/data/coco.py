@@ -396,14 +396,18 @@ class CocoInstances(Dataset):
         if anns:
             rles = [_to_rle(a["segmentation"], h, w) for a in anns]
             masks = torch.from_numpy(decode_rles(rles)).permute(2, 0, 1).contiguous()
+            # tight boxes straight from the RLEs (cheaper than scanning the masks)
+            xywh = torch.from_numpy(mask_utils.toBbox(rles)).float().reshape(-1, 4)
+            boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
         else:
             masks = torch.zeros((0, h, w), dtype=torch.bool)
+            boxes = torch.zeros((0, 4), dtype=torch.float32)
         labels = torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.long)
         return {
             "image_id": int(image_id),
             "masks": masks,
             "labels": labels,
-            "boxes": masks_to_boxes(masks),
+            "boxes": boxes,
             "orig_size": (h, w),
             "size": (h, w),
         }

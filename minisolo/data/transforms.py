@@ -56,19 +56,16 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     n = masks.shape[0]
     if n == 0:
         return torch.zeros((0, 4), dtype=torch.float32)
-    rows = masks.any(dim=2)  # [N, H]: which rows contain the object
-    cols = masks.any(dim=1)  # [N, W]
     h, w = masks.shape[1:]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    # first/last index where the row/column is occupied (masked min/max)
-    y1 = torch.where(rows, ar_h, h).min(dim=1).values
-    y2 = torch.where(rows, ar_h, -1).max(dim=1).values + 1
-    x1 = torch.where(cols, ar_w, w).min(dim=1).values
-    x2 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
+    rows = masks.any(dim=2).to(torch.uint8)  # [N, H]: 1 where the row holds the object
+    cols = masks.any(dim=1).to(torch.uint8)  # [N, W]
+    # argmax returns the first maximum: the first occupied row/column; flipping gives the last
+    y1 = rows.argmax(dim=1)
+    y2 = h - rows.flip(1).argmax(dim=1)
+    x1 = cols.argmax(dim=1)
+    x2 = w - cols.flip(1).argmax(dim=1)
     boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
-    empty = ~rows.any(dim=1)
-    boxes[empty] = 0.0
+    boxes[rows.amax(dim=1) == 0] = 0.0  # empty masks
     return boxes
 
 
