@@ -139,10 +139,132 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**fixed)
 
 
-CONFIG_CLASSES: dict[str, type] = {"solo": SOLOConfig, "decoupled_solo": SOLOConfig}
+@dataclass
+class YOLACTConfig:
+    """Everything that defines a YOLACT model and how it is trained (official YOLACT-550).
+
+    Defaults follow ``yolact_base_config`` / ``yolact_resnet50_config`` of the official code
+    (Bolya et al., ICCV 2019). The training fields carry the same names as
+    :class:`SOLOConfig` so one training loop reads both.
+    """
+
+    model: str = "yolact"
+    num_classes: int = 80  # foreground classes; the class head predicts num_classes + 1
+    class_names: tuple[str, ...] = ()
+
+    # Backbone (ResNet) and FPN P3..P7 (P6, P7 from stride-2 3x3 convs).
+    backbone_depth: int = 50  # the released models: 50 (yolact_resnet50) or 101 (yolact_base)
+    backbone_width: int = 64
+    frozen_stages: int = -1  # official YOLACT trains the whole backbone
+    norm_eval: bool = False  # batch 8 on one GPU: BatchNorm is trained (train.py)
+    fpn_channels: int = 256
+
+    # Protonet (Sec. 3.2) and prediction head (Sec. 3.3).
+    proto_channels: int = 256
+    num_prototypes: int = 32  # k
+    head_channels: int = 256  # the shared extra 3x3 conv ("upfeature")
+
+    # Anchors (priors): one scale per level, three aspect ratios, square by the kept bug flag.
+    image_size: int = 550  # images are squashed to image_size x image_size
+    anchor_scales: tuple[float, ...] = (24, 48, 96, 192, 384)
+    aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+    square_anchors: bool = True  # use_square_anchors=True in every released config
+
+    # Matching and losses (multibox_loss.py).
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    crowd_iou: float = 0.7
+    negpos_ratio: int = 3  # OHEM: negatives per positive
+    masks_to_train: int = 100  # at most this many positive priors per image in the mask loss
+    discard_box_size: float = 4 / 550  # GTs narrower or shorter than this (relative) are dropped
+    class_loss_weight: float = 1.0
+    box_loss_weight: float = 1.5
+    mask_loss_weight: float = 6.125
+    semantic_loss_weight: float = 1.0
+
+    # Inference (Detect with Fast NMS).
+    score_threshold: float = 0.05  # a prior is a candidate if its best class score exceeds this
+    nms_iou: float = 0.5
+    nms_top_k: int = 200  # per class
+    second_threshold: bool = False  # official default: no score filter after Fast NMS
+    max_per_image: int = 100
+    mask_threshold: float = 0.5
+
+    # Data and training (official: 800k iterations at batch 8 = about 54 COCO epochs; lr x0.1 at
+    # iterations 280k, 600k, 700k, 750k, i.e. after epochs 19, 41, 47, 51).
+    image_short_side: int | None = None  # mirrors image_size (set in __post_init__)
+    image_max_size: int | None = None  # mirrors image_size (set in __post_init__)
+    flip_probability: float = 0.5
+    batch_size: int = 8
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float | None = None  # the official code does not clip gradients
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.1  # lr_warmup_init 1e-4 = 0.1 x lr
+    epochs: int = 54
+    lr_steps: tuple[int, ...] = (19, 41, 47, 51)
+
+    def __post_init__(self) -> None:
+        if self.model != "yolact":
+            raise ValueError(f"YOLACTConfig.model must be 'yolact', got {self.model!r}")
+        if len(self.anchor_scales) != 5:
+            raise ValueError(
+                f"YOLACT uses five levels P3..P7; got {len(self.anchor_scales)} anchor scales"
+            )
+        if not 0 <= self.negative_iou <= self.positive_iou <= 1:
+            raise ValueError("need 0 <= negative_iou <= positive_iou <= 1")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class_names given for num_classes={self.num_classes}"
+            )
+        # YOLACT squashes every image to a square: the SOLO-style resize fields mirror it.
+        self.image_short_side = self.image_size
+        self.image_max_size = self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _tiny_yolact() -> dict[str, Any]:
+    """A small YOLACT for 256-px images on a CPU: half-width ResNet-18, 64-channel FPN/heads."""
+    return dict(
+        backbone_depth=18,
+        backbone_width=32,
+        frozen_stages=-1,
+        norm_eval=False,
+        fpn_channels=64,
+        proto_channels=64,
+        num_prototypes=16,
+        head_channels=64,
+        image_size=256,
+        # the paper's scales times 256 / 550, rounded
+        anchor_scales=(12, 24, 48, 96, 192),
+        batch_size=8,
+        lr=1e-3,
+        grad_clip=10.0,  # from-scratch training on a CPU: clip for stability
+        warmup_iters=100,
+        warmup_ratio=0.1,
+        epochs=12,
+        lr_steps=(9, 11),
+    )
+
+
+YOLACT_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": _tiny_yolact(),
+}
+
+
+CONFIG_CLASSES: dict[str, type] = {
+    "solo": SOLOConfig,
+    "decoupled_solo": SOLOConfig,
+    "yolact": YOLACTConfig,
+}
 MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "solo": PRESETS,
     "decoupled_solo": PRESETS,
+    "yolact": YOLACT_PRESETS,
 }
 
 
@@ -172,4 +294,4 @@ def config_from_dict(values: dict[str, Any]):
     return _from_dict(CONFIG_CLASSES[model], values)
 
 
-__all__ = ["SOLOConfig", "preset", "config_from_dict", "PRESETS", "field"]
+__all__ = ["SOLOConfig", "YOLACTConfig", "preset", "config_from_dict", "PRESETS", "field"]

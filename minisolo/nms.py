@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .targets import _boxes_from_counts, pixel_counts
+
 
 def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
     """Keep a cell's score only where it is the maximum of its 2x2 window, else zero.
@@ -37,6 +39,64 @@ def mask_iou(masks_a: torch.Tensor, masks_b: torch.Tensor | None = None) -> torc
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     return inter / union.clamp(min=1e-6)
+
+
+def same_class_intersections(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Pixel counts ``|A_i & A_j|`` ``[N, N]`` (float32) for pairs of binary masks of the same
+    class; pairs of different classes get 0. The diagonal holds the mask areas.
+
+    The textbook way is one ``[N, P] @ [P, N]`` product over all pairs (P pixels): fine on a
+    GPU, but on a CPU it is most of the inference time. NMS only compares masks of one class,
+    and two masks whose boxes do not overlap have no pixel in common. So on a CPU we split the
+    masks into groups (connected components of "same class and boxes overlap"), and do one
+    small product per group, cropped to the box that holds the group. The sums are of 0/1
+    products, integers below 2^24, which float32 holds exactly in any order: every entry equals
+    the full product's.
+    """
+    n = masks.shape[0]
+    same_class = labels[:, None] == labels[None, :]
+    if masks.device.type != "cpu" or n == 0:
+        flat = masks.reshape(n, -1).float()
+        return (flat @ flat.T) * same_class
+    masks = masks.bool()
+    rows, cols = pixel_counts(masks)  # [N, H], [N, W] pixel counts
+    inter = torch.diag(rows.sum(dim=1).float())  # a mask's intersection with itself: its area
+    boxes = _boxes_from_counts(rows, cols)  # x1, y1, x2, y2 (exclusive)
+    group = _overlap_groups(boxes, same_class)
+    pixels = masks.view(torch.uint8)
+    for g in group.unique():
+        index = (group == g).nonzero().squeeze(1)
+        if index.numel() < 2:
+            continue
+        x1, y1 = boxes[index, :2].amin(dim=0).long().tolist()
+        x2, y2 = boxes[index, 2:].amax(dim=0).long().tolist()
+        crop = pixels[index, y1:y2, x1:x2].reshape(index.numel(), -1)
+        flat = crop.float()  # from uint8: bool -> float conversion is ~10x slower on a CPU
+        inter[index[:, None], index[None, :]] = flat @ flat.T
+    return inter
+
+
+def _overlap_groups(boxes: torch.Tensor, same_class: torch.Tensor) -> torch.Tensor:
+    """Group id ``Long[N]`` per box: connected components of the graph whose edges join boxes
+    of the same class that overlap (label propagation: every box takes the smallest group id
+    among its neighbours until nothing changes)."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    overlap = (
+        same_class
+        & (x1[:, None] < x2[None, :])
+        & (x1[None, :] < x2[:, None])
+        & (y1[:, None] < y2[None, :])
+        & (y1[None, :] < y2[:, None])
+    )
+    n = boxes.shape[0]
+    group = torch.arange(n, device=boxes.device)
+    while True:
+        smallest = torch.where(overlap, group[None, :], n).amin(dim=1)
+        new = torch.minimum(group, smallest)
+        new = new[new]  # pointer jumping: take the group of my group's representative
+        if torch.equal(new, group):
+            return group
+        group = new
 
 
 def box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,8 +141,10 @@ def mask_nms(
     if masks.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=masks.device)
     order = torch.argsort(scores, descending=True)
-    iou = mask_iou(masks[order])
-    kept = _sequential_nms(iou, labels[order], iou_threshold)
+    inter = same_class_intersections(masks, labels)  # other classes never suppress: 0 there
+    areas = inter.diagonal()
+    iou = inter / (areas[:, None] + areas[None, :] - inter).clamp(min=1e-6)
+    kept = _sequential_nms(iou[order][:, order], labels[order], iou_threshold)
     return order[torch.tensor(kept, dtype=torch.long, device=order.device)]
 
 
@@ -128,10 +190,9 @@ def matrix_nms(
         return scores.new_zeros(0)
     if kernel not in ("gaussian", "linear"):
         raise ValueError(f"kernel must be 'gaussian' or 'linear', got {kernel!r}")
-    flat = masks.reshape(n, -1).float()
+    inter = same_class_intersections(masks, labels)  # 0 across classes, as decay needs
     if mask_areas is None:
-        mask_areas = flat.sum(1)
-    inter = flat @ flat.T
+        mask_areas = inter.diagonal()
     union = mask_areas[:, None] + mask_areas[None, :] - inter
     # upper triangle: row i (higher score) against column j (lower score)
     iou = (inter / union.clamp(min=1e-6)).triu(diagonal=1)

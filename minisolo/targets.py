@@ -22,6 +22,7 @@ Everything below is vectorised per level with tensor operations on the masks' de
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,19 +54,53 @@ class LevelTargets:
         return int(self.positive_index.numel())
 
 
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight ``x1, y1, x2, y2`` boxes of boolean masks ``[N, H, W]`` (x2, y2 exclusive).
+def pixel_counts(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number of set pixels in every row ``Int[N, H]`` and every column ``Int[N, W]`` of
+    boolean masks ``[N, H, W]``.
 
-    An empty mask gets the box ``0, 0, 0, 0``.
+    Everything the assignment needs from the full-resolution masks follows from these two
+    profiles: the area, the tight box and the (exact) centre of mass. They are the only pass
+    over the full-resolution masks, so they are computed the fast way (see
+    :func:`_count_along`).
     """
-    n, h, w = masks.shape
-    if n == 0:
-        return masks.new_zeros((0, 4), dtype=torch.float32)
-    rows = masks.any(dim=2)  # [N, H]
-    cols = masks.any(dim=1)  # [N, W]
-    ys = torch.arange(h, device=masks.device)
-    xs = torch.arange(w, device=masks.device)
-    big = max(h, w) + 1
+    pixels = masks.bool().contiguous().view(torch.uint8)
+    return _count_along(pixels, 2), _count_along(pixels, 1)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _count_along(pixels: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum a contiguous uint8 0/1 tensor ``[N, H, W]`` along ``dim`` (1 or 2), as int32.
+
+    The plain ``pixels.sum(dim, dtype=torch.int32)`` converts every pixel on the way and is
+    about 50x slower on a CPU than this "SIMD within a register" trick: view each run of 8
+    pixel bytes as one int64 *word*. Adding words adds their 8 bytes independently, as long as
+    no byte sum exceeds 255 (a carry would spill into the next byte); we add at most 127 words
+    at a time, so no byte passes 127 and the int64 never turns negative. Reading the summed
+    words back as bytes gives 8 partial counts per word, which are then added in int32. On a
+    little-endian machine byte ``k`` of word ``j`` is pixel ``8 * j + k``.
+    """
+    n, h, w = pixels.shape
+    if w % 8 or sys.byteorder != "little":
+        return pixels.sum(dim, dtype=torch.int32)
+    words = pixels.view(torch.int64)  # [N, H, W / 8]
+    if dim == 2:  # per row: add the W / 8 words of each row
+        chunk = _largest_divisor(w // 8, 127)
+        lanes = words.view(n, h, w // 8 // chunk, chunk).sum(3)  # [N, H, W / 8 / chunk]
+        return lanes.view(torch.uint8).view(n, h, w // chunk).sum(2, dtype=torch.int32)
+    chunk = _largest_divisor(h, 127)  # per column: add the rows, chunk rows at a time
+    lanes = words.view(n, h // chunk, chunk, w // 8).sum(2)  # [N, H / chunk, W / 8]
+    return lanes.view(torch.uint8).view(n, h // chunk, w).sum(1, dtype=torch.int32)
+
+
+def _boxes_from_counts(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Tight ``x1, y1, x2, y2`` boxes (float32, x2/y2 exclusive) from row and column counts."""
+    rows, cols = rows > 0, cols > 0
+    ys = torch.arange(rows.shape[1], device=rows.device)
+    xs = torch.arange(cols.shape[1], device=cols.device)
+    big = max(rows.shape[1], cols.shape[1]) + 1
     y1 = torch.where(rows, ys, big).amin(dim=1)
     y2 = torch.where(rows, ys, -1).amax(dim=1) + 1
     x1 = torch.where(cols, xs, big).amin(dim=1)
@@ -74,25 +109,80 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
-def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre of mass ``(cx, cy)`` of each mask in pixel-index coordinates (like SciPy's)."""
-    weights = masks.float()
-    area = weights.sum(dim=(1, 2)).clamp(min=1.0)
-    ys = torch.arange(masks.shape[1], device=masks.device, dtype=torch.float32)
-    xs = torch.arange(masks.shape[2], device=masks.device, dtype=torch.float32)
-    cy = (weights.sum(dim=2) * ys).sum(dim=1) / area
-    cx = (weights.sum(dim=1) * xs).sum(dim=1) / area
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight ``x1, y1, x2, y2`` boxes of boolean masks ``[N, H, W]`` (x2, y2 exclusive).
+
+    An empty mask gets the box ``0, 0, 0, 0``.
+    """
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, 4), dtype=torch.float32)
+    return _boxes_from_counts(*pixel_counts(masks))
+
+
+def _centres_from_counts(
+    rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact centres of mass ``(cx, cy)`` in float64 from row and column counts.
+
+    The moments ``sum(y * count_y)`` are summed in int64, so nothing is rounded before the one
+    division: the result equals NumPy's / SciPy's float64 ``center_of_mass``.
+    """
+    rows, cols = rows.long(), cols.long()
+    area = rows.sum(dim=1).clamp(min=1).double()
+    ys = torch.arange(rows.shape[1], device=rows.device)
+    xs = torch.arange(cols.shape[1], device=cols.device)
+    cy = (rows * ys).sum(dim=1).double() / area
+    cx = (cols * xs).sum(dim=1).double() / area
     return cx, cy
+
+
+def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre of mass ``(cx, cy)`` of each mask in pixel-index coordinates (like SciPy's),
+    as float32 (:func:`solo_targets` keeps the exact float64 values)."""
+    cx, cy = _centres_from_counts(*pixel_counts(masks))
+    return cx.float(), cy.float()
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize boolean masks ``[N, H, W]`` to ``size`` (bilinear, then >= 0.5), as the official
     code does with ``mmcv.imrescale`` on uint8 masks (OpenCV rounds half up)."""
-    if masks.shape[0] == 0:
+    return _resize_selected(masks, None, size)
+
+
+def _resize_selected(
+    masks: torch.Tensor, index: torch.Tensor | None, size: tuple[int, int]
+) -> torch.Tensor:
+    """:func:`resize_masks` of ``masks[index]`` (all masks when ``index`` is None), without
+    first copying the selected full-resolution masks.
+
+    Shortcut with the identical result: when shrinking by an even integer factor ``f`` per
+    axis, bilinear interpolation (``align_corners=False``) samples output pixel ``i`` at input
+    coordinate ``f * i + f / 2 - 0.5``, exactly halfway between pixels ``f*i + f/2 - 1`` and
+    ``f*i + f/2``. Each output value is then the mean of those 2 x 2 input pixels, and ``>= 0.5``
+    means "at least two of the four are set": integer work on strided views, no float copy.
+    """
+    if (masks.shape[0] if index is None else index.numel()) == 0:
         return masks.new_zeros((0, *size), dtype=torch.bool)
+    (height, width), (out_h, out_w) = masks.shape[-2:], size
+    fy, fx = height // out_h, width // out_w
+    even_factors = fy * out_h == height and fx * out_w == width and fy % 2 == 0 and fx % 2 == 0
+    if masks.dtype == torch.bool and even_factors:
+        pixels = masks.view(torch.uint8)
+        ay, ax = fy // 2 - 1, fx // 2 - 1
+        upper, lower = pixels[:, ay::fy], pixels[:, ay + 1 :: fy]  # the two sampled rows
+        if index is None:
+            row_pairs = upper + lower  # [N, out_h, W], each 0..2
+        else:  # copy only the sampled rows of the selected masks
+            row_pairs = upper.index_select(0, index)
+            row_pairs += lower.index_select(0, index)
+        votes = row_pairs[:, :, ax::fx] + row_pairs[:, :, ax + 1 :: fx]  # 0..4
+        return votes >= 2
+    selected = masks if index is None else masks[index]
     if tuple(masks.shape[-2:]) == tuple(size):
-        return masks.bool()
-    resized = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)
+        return selected.bool()
+    resized = F.interpolate(
+        selected[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )
     return resized[:, 0] >= 0.5
 
 
@@ -187,24 +277,24 @@ def solo_targets(
     labels = labels.long()
     device = masks.device
     height, width = masks.shape[-2:]
+    # one pass over the full-resolution masks: row and column pixel counts
+    rows, cols = pixel_counts(masks)
     if boxes is None:
-        boxes = masks_to_boxes(masks)
-    boxes = boxes.to(device=device, dtype=torch.float32)
+        boxes = _boxes_from_counts(rows, cols)
+    boxes = boxes.to(device=device, dtype=torch.float64)
     box_size = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]))
-    area = masks.sum(dim=(1, 2))
+    area = rows.sum(dim=1)
     usable = (area >= max(min_mask_area, 1)) & (area > 0)
-    cx, cy = center_of_mass(masks)
+    cx, cy = _centres_from_counts(rows, cols)
 
-    resized_cache: dict[tuple[int, int], torch.Tensor] = {}
     levels = []
-    for grid, (lower, upper), stride in zip(grids, scale_ranges, strides, strict=True):
-        mask_stride = stride / 2
-        mask_size = (round(height / mask_stride), round(width / mask_stride))
+    for grid, (lower, upper) in zip(grids, scale_ranges, strict=True):
         category = torch.full((grid, grid), num_classes, dtype=torch.long, device=device)
         in_level = usable & (box_size >= lower) & (box_size <= upper)
         hit = in_level.nonzero().squeeze(1)  # ascending: later objects come later
         if hit.numel() == 0:
-            levels.append(_empty_level(category, mask_size))
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            levels.append((category, empty, empty))
             continue
 
         region = center_regions(cx[hit], cy[hit], boxes[hit], (height, width), grid, sigma)
@@ -221,23 +311,24 @@ def solo_targets(
         flat_owner = owner.flatten()
         positive_index = positive.flatten().nonzero().squeeze(1)  # k = i * S + j, ascending
         instance = hit[flat_owner[positive_index]]
-        if mask_size not in resized_cache:
-            resized_cache[mask_size] = torch.zeros(
-                (masks.shape[0], *mask_size), dtype=torch.bool, device=device
-            )
-            resized_cache[mask_size][usable] = resize_masks(masks[usable], mask_size)
-        levels.append(
-            LevelTargets(category, positive_index, resized_cache[mask_size][instance], instance)
-        )
-    return levels
+        levels.append((category, positive_index, instance))
 
-
-def _empty_level(category: torch.Tensor, mask_size: tuple[int, int]) -> LevelTargets:
-    device = category.device
-    empty = torch.zeros(0, dtype=torch.long, device=device)
-    return LevelTargets(
-        category, empty, torch.zeros((0, *mask_size), dtype=torch.bool, device=device), empty
-    )
+    # Mask targets: resize only the objects that own a positive cell, once per mask size
+    # (levels with the same stride share it).
+    mask_sizes = [(round(height / (s / 2)), round(width / (s / 2))) for s in strides]
+    level_masks: list[torch.Tensor] = [torch.empty(0)] * len(levels)
+    slot = torch.full((masks.shape[0],), -1, dtype=torch.long, device=device)
+    for size in dict.fromkeys(mask_sizes):  # distinct sizes, in level order
+        members = [k for k, level_size in enumerate(mask_sizes) if level_size == size]
+        used = torch.cat([levels[k][2] for k in members]).unique()
+        resized = _resize_selected(masks, used, size)
+        slot[used] = torch.arange(used.numel(), device=device)
+        for k in members:
+            level_masks[k] = resized[slot[levels[k][2]]]
+    return [
+        LevelTargets(category, positive_index, level_masks[k], instance)
+        for k, (category, positive_index, instance) in enumerate(levels)
+    ]
 
 
 def solo_targets_batch(

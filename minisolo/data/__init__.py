@@ -8,7 +8,7 @@
 * :func:`build_coco_subset` copies or downloads a small subset of real COCO.
 """
 
-from .coco import CocoInstances, DataError, collate_batch, find_split
+from .coco import CocoInstances, DataError, collate_batch, decode_rles, find_split
 from .shapes import SHAPE_CLASSES, make_shapes_dataset, render_shapes_image
 from .subset import (
     ANNOTATIONS_MD5,
@@ -51,6 +51,7 @@ __all__ = [
     "build_coco_subset",
     "build_transforms",
     "collate_batch",
+    "decode_rles",
     "denormalize",
     "download_file",
     "find_split",

@@ -69,7 +69,11 @@ def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
     (``instances_val2017.json`` -> ``root/val2017``), else any ``root/<split>*`` folder.
     Raises :class:`DataError` listing what was found when the choice is missing or ambiguous.
     """
-    root = Path(root)
+    ann_file = _find_annotation_file(Path(root), split)
+    return ann_file, _find_image_dir(Path(root), split, ann_file)
+
+
+def _find_annotation_file(root: Path, split: str) -> Path:
     ann_dir = root / "annotations"
     if not ann_dir.is_dir():
         raise DataError(f"no annotations folder at {ann_dir} (expected COCO layout under {root})")
@@ -77,24 +81,24 @@ def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
     exact = ann_dir / f"instances_{split}.json"
     matches = [p for p in found if p.name.startswith(f"instances_{split}")]
     if exact.is_file():
-        ann_file = exact
-    elif len(matches) == 1:
-        ann_file = matches[0]
-    else:
-        names = [p.name for p in found] or ["(none)"]
-        what = "several" if matches else "no"
-        raise DataError(
-            f"{what} annotation files match split {split!r} in {ann_dir}; found: {', '.join(names)}"
-        )
+        return exact
+    if len(matches) == 1:
+        return matches[0]
+    names = [p.name for p in found] or ["(none)"]
+    what = "several" if matches else "no"
+    raise DataError(
+        f"{what} annotation files match split {split!r} in {ann_dir}; found: {', '.join(names)}"
+    )
 
-    # "instances_val2017.json" -> "val2017"
-    stem = ann_file.stem[len("instances_") :]
+
+def _find_image_dir(root: Path, split: str, ann_file: Path) -> Path:
+    stem = ann_file.stem[len("instances_") :]  # "instances_val2017.json" -> "val2017"
     if (root / stem).is_dir():
-        return ann_file, root / stem
+        return root / stem
     dirs = sorted(p for p in root.glob(f"{split}*") if p.is_dir())
     if len(dirs) == 1:
-        return ann_file, dirs[0]
-    listing = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return dirs[0]
+    listing = sorted(p.name for p in root.iterdir() if p.is_dir())
     raise DataError(
         f"cannot pick the image folder for split {split!r} under {root} (annotation file "
         f"{ann_file.name}); expected {root / stem}; folders there: {', '.join(listing) or '(none)'}"
@@ -234,6 +238,8 @@ def _open_image(path: Path, image_id: int, height: int, width: int) -> Image.Ima
     """Open and fully decode one image; DataError if missing, corrupt, truncated or resized."""
     if not path.is_file():
         raise DataError(f"image file not found: {path} (image id {image_id})")
+    # EXIF orientation is deliberately not applied: COCO's masks refer to the stored pixels
+    # (as in torchvision's CocoDetection), and the size check below catches rotated files.
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncation only shows up here
@@ -266,6 +272,9 @@ class CocoInstances(Dataset):
         skip_bad: open every image file at construction and drop the bad ones with a warning
             (slower start); otherwise a bad file raises :class:`DataError` when loaded.
 
+    Validating annotations rasterises every polygon once at construction (about 60 us per
+    annotation: a second for 15k annotations, about a minute for COCO train2017's 860k).
+
     Attributes:
         coco: the ``pycocotools.coco.COCO`` object (crowd annotations kept, skipped ones not).
         ids: image ids in dataset order.
@@ -286,13 +295,14 @@ class CocoInstances(Dataset):
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
-        self.ann_file, self.image_dir = find_split(self.root, split)
+        self.ann_file = _find_annotation_file(self.root, split)
 
         try:
             data = json.loads(self.ann_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(f"{self.ann_file}: not valid JSON ({err})") from err
         _check_structure(data, self.ann_file)
+        self.image_dir = _find_image_dir(self.root, split, self.ann_file)
 
         # categories: sorted COCO ids -> contiguous labels 0..C-1
         cats = sorted(data["categories"], key=lambda c: c["id"])
@@ -339,9 +349,9 @@ class CocoInstances(Dataset):
         for ann_id, reason in self.skipped_annotations.items():
             by_reason.setdefault(reason, []).append(ann_id)
         parts = [f"{reason}: {len(ids)} (ids {_short(ids)})" for reason, ids in by_reason.items()]
-        msg = f"{self.ann_file}: skipped {len(self.skipped_annotations)} of {total} annotations" + (
-            f" [{'; '.join(parts)}]" if parts else ""
-        )
+        msg = f"{self.ann_file}: skipped {len(self.skipped_annotations)} of {total} annotations"
+        if parts:
+            msg += f" [{'; '.join(parts)}]"
         if cleaned:
             msg += (
                 f"; dropped polygon parts with fewer than 3 points from {len(cleaned)} "

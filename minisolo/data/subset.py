@@ -161,14 +161,14 @@ def download_file(
             last_error: Exception = err
         except _NETWORK_ERRORS as err:
             last_error = err
-            failures += 0 if received else 1
+            failures = 0 if received else failures + 1
         else:
             if total is None or have + received >= total:
                 total = have + received
                 break
-            # the connection closed early: resume (progress was made, so no failure counted)
+            # the connection closed early: resume (if bytes came, the failure count restarts)
             last_error = ConnectionError(f"connection closed after {have + received} bytes")
-            failures += 0 if received else 1
+            failures = 0 if received else failures + 1
         if failures > retries:
             raise DownloadError(
                 f"cannot download {url} after {retries} retries: {last_error}; "
