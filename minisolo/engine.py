@@ -60,11 +60,13 @@ class TrainResult:
 
 # --------------------------------------------------------------------------------- helpers
 def make_transforms(config, train: bool):
-    """Resize (keep aspect, short side, long-side cap), flip when training, normalise."""
+    """Resize (keep aspect, short side, long-side cap; YOLACT: squash to a square), flip when
+    training, normalise."""
     short_side = config.image_short_side
     multiscale = short_side if isinstance(short_side, tuple) else None
     base = short_side[-1] if isinstance(short_side, tuple) else short_side
-    return build_transforms(train, base, config.image_max_size, multiscale=multiscale)
+    squash = config.image_size if config.model == "yolact" else None
+    return build_transforms(train, base, config.image_max_size, multiscale, squash=squash)
 
 
 def learning_rate(config, iteration: int, step_iterations: Sequence[int]) -> float:
@@ -274,7 +276,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 iteration += 1

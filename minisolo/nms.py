@@ -216,7 +216,7 @@ def fast_nms(
     top_k: int = 200,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """YOLACT's Fast NMS (YOLACT paper, Sec. 3.4): sort, keep the ``top_k``, compute the
+    """YOLACT's Fast NMS (YOLACT paper, Sec. 5 "Fast NMS"): sort, keep the ``top_k``, compute the
     upper-triangular IoU matrix and keep a box when its largest IoU with any *higher-scored*
     box (the column max) is ``<= iou_threshold``. Unlike classic NMS an already removed box can
     still remove others, which is what makes it one matrix operation.

@@ -198,6 +198,33 @@ class Resize:
         return f"Resize({s}, max_size={self.max_size})"
 
 
+class Squash:
+    """Resize to a fixed ``size x size`` square, ignoring the aspect ratio (YOLACT's input).
+
+    Masks are resized with the image (same rule as :class:`Resize`), boxes recomputed from them.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: ImageLike, target: Target) -> tuple[torch.Tensor, Target]:
+        image = _as_tensor(image)
+        size = (self.size, self.size)
+        if tuple(image.shape[-2:]) != size:
+            image = F.interpolate(
+                image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            target = dict(target)
+            if "masks" in target:
+                target["masks"] = resize_masks(target["masks"], size)
+                target["boxes"] = masks_to_boxes(target["masks"])
+        target = dict(target, size=size)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Squash({self.size})"
+
+
 class RandomHorizontalFlip:
     """Mirror image and masks left-right with probability ``p``.
 
@@ -247,14 +274,17 @@ def build_transforms(
     short_side: int = 800,
     max_size: int = 1333,
     multiscale: Sequence[int] | None = None,
+    squash: int | None = None,
 ) -> Compose:
     """The standard pipeline: ToTensor, Resize, (flip when training), Normalize.
 
     ``multiscale``: when training, a sequence of short sides to pick from at random
-    (e.g. ``(640, 672, 704, 736, 768, 800)``); ignored for evaluation.
+    (e.g. ``(640, 672, 704, 736, 768, 800)``); ignored for evaluation. ``squash``: resize to
+    a ``squash x squash`` square instead (YOLACT).
     """
     sides = tuple(multiscale) if (train and multiscale) else short_side
-    steps: list[Callable] = [ToTensor(), Resize(sides, max_size)]
+    resize = Squash(squash) if squash else Resize(sides, max_size)
+    steps: list[Callable] = [ToTensor(), resize]
     if train:
         steps.append(RandomHorizontalFlip(0.5))
     steps.append(Normalize())
