@@ -35,6 +35,7 @@ from torch import nn
 from .backbone import ResNet
 from .config import YOLACTConfig
 from .nms import box_iou, fast_nms
+from .targets import masks_to_boxes
 
 VARIANCES = (0.1, 0.2)  # SSD box-coding variances (centre, size)
 
@@ -337,17 +338,6 @@ def crop(masks: torch.Tensor, boxes: torch.Tensor, padding: int = 1) -> torch.Te
     inside_x = (cols >= x1.view(n, 1, 1)) & (cols < x2.view(n, 1, 1))
     inside_y = (rows >= y1.view(n, 1, 1)) & (rows < y2.view(n, 1, 1))
     return masks * (inside_x & inside_y).to(masks.dtype)
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes ``[N, 4]`` (``x1y1x2y2`` pixels, exclusive right/bottom) of masks ``[N, H, W]``;
-    an empty mask gives a zero box."""
-    boxes = masks.new_zeros(masks.shape[0], 4, dtype=torch.float32)
-    for n, mask in enumerate(masks):
-        ys, xs = mask.nonzero(as_tuple=True)
-        if ys.numel():
-            boxes[n] = torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
-    return boxes
 
 
 def downsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

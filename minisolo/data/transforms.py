@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..targets import masks_to_boxes
+
 Target = dict
 ImageLike = Image.Image | torch.Tensor
 
@@ -46,27 +48,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 
 def _as_tensor(image: ImageLike) -> torch.Tensor:
     return pil_to_tensor(image) if isinstance(image, Image.Image) else image
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes ``[N, 4]`` (x1, y1, x2, y2; x2/y2 exclusive) of bool masks ``[N, H, W]``.
-
-    An empty mask gets the box ``(0, 0, 0, 0)``.
-    """
-    n = masks.shape[0]
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    h, w = masks.shape[1:]
-    rows = masks.any(dim=2).to(torch.uint8)  # [N, H]: 1 where the row holds the object
-    cols = masks.any(dim=1).to(torch.uint8)  # [N, W]
-    # argmax returns the first maximum: the first occupied row/column; flipping gives the last
-    y1 = rows.argmax(dim=1)
-    y2 = h - rows.flip(1).argmax(dim=1)
-    x1 = cols.argmax(dim=1)
-    x2 = w - cols.flip(1).argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
-    boxes[rows.amax(dim=1) == 0] = 0.0  # empty masks
-    return boxes
 
 
 def pad_to_size(tensor: torch.Tensor, size: tuple[int, int], value: float = 0) -> torch.Tensor:
