@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .targets import _boxes_from_counts, pixel_counts
 
 
-def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
+def points_nms(heat: torch.Tensor) -> torch.Tensor:
     """Keep a cell's score only where it is the maximum of its 2x2 window, else zero.
 
     ``heat`` is ``[N, C, S, S]`` (probabilities). This is the official
@@ -25,7 +25,7 @@ def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
     """
     if heat.dim() != 4:
         raise ValueError(f"points_nms expects [N, C, S, S], got {tuple(heat.shape)}")
-    pooled = F.max_pool2d(heat, (kernel, kernel), stride=1, padding=1)
+    pooled = F.max_pool2d(heat, 2, stride=1, padding=1)
     keep = (pooled[:, :, :-1, :-1] == heat).to(heat.dtype)
     return heat * keep
 
@@ -54,8 +54,10 @@ def same_class_intersections(masks: torch.Tensor, labels: torch.Tensor) -> torch
     the full product's.
     """
     n = masks.shape[0]
+    if n == 0:
+        return torch.zeros((0, 0), dtype=torch.float32, device=masks.device)
     same_class = labels[:, None] == labels[None, :]
-    if masks.device.type != "cpu" or n == 0:
+    if masks.device.type != "cpu":
         flat = masks.reshape(n, -1).float()
         return (flat @ flat.T) * same_class
     masks = masks.bool()

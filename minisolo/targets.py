@@ -75,7 +75,7 @@ def _count_along(pixels: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum a contiguous uint8 0/1 tensor ``[N, H, W]`` along ``dim`` (1 or 2), as int32.
 
     The plain ``pixels.sum(dim, dtype=torch.int32)`` converts every pixel on the way and is
-    about 50x slower on a CPU than this "SIMD within a register" trick: view each run of 8
+    tens of times slower on a CPU than this "SIMD within a register" trick: view each run of 8
     pixel bytes as one int64 *word*. Adding words adds their 8 bytes independently, as long as
     no byte sum exceeds 255 (a carry would spill into the next byte); we add at most 127 words
     at a time, so no byte passes 127 and the int64 never turns negative. Reading the summed
@@ -145,15 +145,7 @@ def center_of_mass(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize boolean masks ``[N, H, W]`` to ``size`` (bilinear, then >= 0.5), as the official
-    code does with ``mmcv.imrescale`` on uint8 masks (OpenCV rounds half up)."""
-    return _resize_selected(masks, None, size)
-
-
-def _resize_selected(
-    masks: torch.Tensor, index: torch.Tensor | None, size: tuple[int, int]
-) -> torch.Tensor:
-    """:func:`resize_masks` of ``masks[index]`` (all masks when ``index`` is None), without
-    first copying the selected full-resolution masks.
+    code does with ``mmcv.imrescale`` on uint8 masks (OpenCV rounds half up).
 
     Shortcut with the identical result: when shrinking by an even integer factor ``f`` per
     axis, bilinear interpolation (``align_corners=False``) samples output pixel ``i`` at input
@@ -161,29 +153,42 @@ def _resize_selected(
     ``f*i + f/2``. Each output value is then the mean of those 2 x 2 input pixels, and ``>= 0.5``
     means "at least two of the four are set": integer work on strided views, no float copy.
     """
-    if (masks.shape[0] if index is None else index.numel()) == 0:
+    if masks.shape[0] == 0:
         return masks.new_zeros((0, *size), dtype=torch.bool)
-    (height, width), (out_h, out_w) = masks.shape[-2:], size
-    fy, fx = height // out_h, width // out_w
-    even_factors = fy * out_h == height and fx * out_w == width and fy % 2 == 0 and fx % 2 == 0
-    if masks.dtype == torch.bool and even_factors:
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks.bool()
+    factors = _even_factors(tuple(masks.shape[-2:]), size)
+    if masks.dtype == torch.bool and factors is not None:
+        fy, fx = factors
         pixels = masks.view(torch.uint8)
         ay, ax = fy // 2 - 1, fx // 2 - 1
-        upper, lower = pixels[:, ay::fy], pixels[:, ay + 1 :: fy]  # the two sampled rows
-        if index is None:
-            row_pairs = upper + lower  # [N, out_h, W], each 0..2
-        else:  # copy only the sampled rows of the selected masks
-            row_pairs = upper.index_select(0, index)
-            row_pairs += lower.index_select(0, index)
+        row_pairs = pixels[:, ay::fy] + pixels[:, ay + 1 :: fy]  # [N, out_h, W], each 0..2
         votes = row_pairs[:, :, ax::fx] + row_pairs[:, :, ax + 1 :: fx]  # 0..4
         return votes >= 2
-    selected = masks if index is None else masks[index]
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return selected.bool()
-    resized = F.interpolate(
-        selected[:, None].float(), size=size, mode="bilinear", align_corners=False
-    )
+    resized = F.interpolate(masks[:, None].float(), size=size, mode="bilinear", align_corners=False)
     return resized[:, 0] >= 0.5
+
+
+def _even_factors(shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int] | None:
+    """``(fy, fx)`` when ``shape`` shrinks to ``size`` by even integer factors, else None."""
+    (height, width), (out_h, out_w) = shape, size
+    fy, fx = height // out_h, width // out_w
+    if fy * out_h == height and fx * out_w == width and fy % 2 == 0 and fx % 2 == 0:
+        return fy, fx
+    return None
+
+
+def _resize_selected(
+    masks: torch.Tensor, index: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """``resize_masks(masks[index], size)``, in the cheaper order: the integer shortcut is
+    cheap enough to run on every mask (selecting first would copy full-resolution masks);
+    the float interpolation is not, so it gets only the selected ones."""
+    if index.numel() == 0:
+        return masks.new_zeros((0, *size), dtype=torch.bool)
+    if masks.dtype == torch.bool and _even_factors(tuple(masks.shape[-2:]), size):
+        return resize_masks(masks, size)[index]
+    return resize_masks(masks[index], size)
 
 
 def center_regions(
@@ -313,7 +318,7 @@ def solo_targets(
         instance = hit[flat_owner[positive_index]]
         levels.append((category, positive_index, instance))
 
-    # Mask targets: resize only the objects that own a positive cell, once per mask size
+    # Mask targets of the objects that own a positive cell, resized once per mask size
     # (levels with the same stride share it).
     mask_sizes = [(round(height / (s / 2)), round(width / (s / 2))) for s in strides]
     level_masks: list[torch.Tensor] = [torch.empty(0)] * len(levels)

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of minisolo (run ``python benchmarks/run.py``)."""

@@ -1,0 +1,157 @@
+"""The benchmarks' naive baseline is a real second implementation of the SOLO assignment:
+it must agree with ``minisolo.solo_targets`` exactly. And ``benchmarks/run.py`` must produce
+well-formed JSON rows (one cheap group only; the full run is not part of the tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.loop_targets import loop_solo_targets  # noqa: E402
+from benchmarks.synthetic import clustered_candidates, random_instance_masks  # noqa: E402
+from minisolo import solo_targets  # noqa: E402
+from minisolo.nms import same_class_intersections  # noqa: E402
+from minisolo.targets import resize_masks  # noqa: E402
+
+PAPER = dict(
+    grids=(40, 36, 24, 16, 12),
+    strides=(8, 8, 16, 32, 32),
+    scale_ranges=((1, 96), (48, 192), (96, 384), (192, 768), (384, 2048)),
+)
+
+
+def _assert_same_targets(masks, labels, **kwargs):
+    fast = solo_targets(masks, labels, **kwargs)
+    slow = loop_solo_targets(masks, labels, **kwargs)
+    assert len(fast) == len(slow)
+    for level, (a, b) in enumerate(zip(fast, slow, strict=True)):
+        assert torch.equal(a.category, b.category), f"category differs at level {level}"
+        assert torch.equal(a.positive_index, b.positive_index), f"positives differ at {level}"
+        assert torch.equal(a.instance, b.instance), f"instances differ at level {level}"
+        assert a.masks.shape == b.masks.shape and a.masks.dtype == b.masks.dtype
+        assert torch.equal(a.masks, b.masks), f"mask targets differ at level {level}"
+    return fast
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loop_baseline_equals_vectorised_paper_settings(seed):
+    g = torch.Generator().manual_seed(seed)
+    masks, labels = random_instance_masks(
+        12, 320, 448, min_size=6, max_size=400, num_classes=5, generator=g
+    )
+    levels = _assert_same_targets(masks, labels, num_classes=5, **PAPER)
+    assert sum(lt.num_positives for lt in levels) > 0
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_loop_baseline_equals_vectorised_with_given_boxes_and_sigma(seed):
+    g = torch.Generator().manual_seed(seed)
+    masks, labels = random_instance_masks(
+        8, 128, 192, min_size=4, max_size=120, num_classes=3, generator=g
+    )
+    # loose boxes (bigger than the masks), as annotations sometimes are
+    boxes = torch.zeros(len(masks), 4)
+    for n, m in enumerate(masks):
+        ys, xs = m.nonzero(as_tuple=True)
+        if len(ys):
+            boxes[n] = torch.tensor([xs.min() - 3.5, ys.min() - 1.25, xs.max() + 4, ys.max() + 2])
+    _assert_same_targets(
+        masks,
+        labels,
+        num_classes=3,
+        grids=(12, 8, 5),
+        strides=(8, 16, 32),
+        scale_ranges=((1, 48), (24, 96), (48, 400)),
+        sigma=0.3,
+        boxes=boxes,
+    )
+
+
+def test_loop_baseline_equals_vectorised_on_grid_boundaries():
+    """Integer rectangles on a size that the grids divide: centres and region edges fall
+    exactly on cell boundaries, where float rounding would show."""
+    g = torch.Generator().manual_seed(5)
+    masks = torch.zeros(20, 160, 160, dtype=torch.bool)
+    for n in range(20):
+        y1, x1 = torch.randint(0, 120, (2,), generator=g).tolist()
+        h, w = torch.randint(2, 40, (2,), generator=g).tolist()
+        masks[n, y1 : y1 + h, x1 : x1 + w] = True
+    labels = torch.randint(0, 4, (20,), generator=g)
+    _assert_same_targets(
+        masks,
+        labels,
+        num_classes=4,
+        grids=(40, 20, 10),
+        strides=(4, 8, 16),
+        scale_ranges=((1, 20), (10, 40), (20, 200)),
+        min_mask_area=1,
+    )
+
+
+def test_odd_sizes_and_uint8_masks_use_the_interpolation_path():
+    """Sizes that the mask strides do not divide fall back to F.interpolate."""
+    g = torch.Generator().manual_seed(6)
+    masks, labels = random_instance_masks(6, 100, 150, min_size=8, max_size=90, generator=g)
+    kwargs = dict(num_classes=80, grids=(10, 6), strides=(8, 16), scale_ranges=((1, 64), (32, 256)))
+    _assert_same_targets(masks.to(torch.uint8), labels, **kwargs)
+
+
+def test_integer_resize_shortcut_equals_bilinear():
+    g = torch.Generator().manual_seed(7)
+    masks, _ = random_instance_masks(10, 96, 160, min_size=3, max_size=80, generator=g)
+    for size in ((48, 80), (24, 40), (12, 20), (6, 10), (48, 40), (12, 80)):
+        expected = torch.nn.functional.interpolate(
+            masks[:, None].float(), size=size, mode="bilinear", align_corners=False
+        )[:, 0]
+        assert torch.equal(resize_masks(masks, size), expected >= 0.5), size
+
+
+@pytest.mark.parametrize("width", [64, 61])  # 61: no 8-pixel words, the plain-sum path
+def test_grouped_intersections_equal_the_full_product(width):
+    g = torch.Generator().manual_seed(8)
+    masks, labels, _ = clustered_candidates(
+        80, 40, width, num_objects=12, num_classes=3, generator=g
+    )
+    flat = masks.flatten(1).float()
+    expected = (flat @ flat.T) * (labels[:, None] == labels[None, :])
+    assert torch.equal(same_class_intersections(masks, labels), expected)
+
+
+def test_run_py_only_writes_well_formed_rows(tmp_path):
+    out = tmp_path / "rows.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--only",
+            "decoupled_memory",
+            "--json",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == [
+        "decoupled_mask_memory_ratio",
+        "decoupled_mask_memory_ratio/S40",
+    ]
+    for r in rows:
+        assert set(r) == {"name", "value", "unit", "device", "config", "detail"}
+        assert isinstance(r["value"], float)
+    # S = 40: 2 * 40 channels instead of 40^2
+    assert rows[1]["value"] == pytest.approx(80 / 1600)
+    assert 0 < rows[0]["value"] < 0.1
