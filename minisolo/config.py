@@ -65,6 +65,7 @@ class SOLOConfig:
     image_max_size: int = 1333
     flip_probability: float = 0.5
     batch_size: int = 16
+    optimizer: str = "sgd"  # "sgd" (paper) or "adamw" (tiny preset: from scratch on a CPU)
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -81,6 +81,18 @@ def learning_rate(config, iteration: int, step_iterations: Sequence[int]) -> flo
     return lr
 
 
+def make_optimizer(config, parameters) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's), or AdamW (``config.optimizer == "adamw"``)."""
+    kind = getattr(config, "optimizer", "sgd")
+    if kind == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if kind != "sgd":
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {kind!r}")
+    return torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
 def autocast_dtype(device: torch.device, amp: bool | str = "auto") -> torch.dtype | None:
     """bf16 on GPUs that support it, fp16 on older GPUs, nothing on the CPU."""
     if device.type != "cuda" or amp is False or amp == "off":
@@ -196,9 +208,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(config, parameters)
     dtype = autocast_dtype(device_, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
