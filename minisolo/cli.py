@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,8 @@ def _add_train_command(subparsers) -> None:
     train.add_argument("--workers", type=int, default=0, help="data loading processes")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    train.add_argument("--image-size", type=int, help="input size (default: the preset's)")
+    train.add_argument("--log-every", type=int, default=10, help="iterations per log line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +140,10 @@ def run_train(args) -> int:
     from .engine import train
 
     overrides = {"lr": args.lr} if args.lr else {}
+    if args.image_size and args.model == "yolact":
+        overrides["image_size"] = args.image_size
+    elif args.image_size:
+        overrides.update(image_short_side=args.image_size, image_max_size=args.image_size)
     config = preset(args.config, model=args.model, **overrides)
     result = train(
         config,
@@ -151,9 +158,12 @@ def run_train(args) -> int:
         num_workers=args.workers,
         seed=args.seed,
         amp=not args.no_amp,
+        log_every=args.log_every,
     )
     if result.interrupted:
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
     print(f"checkpoint: {result.checkpoint}")
     print(f"log: {args.out / 'log.jsonl'}  loss curve: {args.out / 'loss.png'}")
     if result.metrics:

@@ -494,7 +494,17 @@ def evaluate(
     Writes ``results.json`` (RLE masks) and ``metrics.json`` to ``out_dir`` when given.
     """
     device_ = pick_device(device)
+    was_training = model.training
     model = model.to(device_).eval()
+    try:
+        return _evaluate(
+            model, data_dir, split, device_, batch_size, out_dir, progress, verbose, max_images
+        )
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model, data_dir, split, device_, batch_size, out_dir, progress, verbose, max_images):
     dataset = CocoInstances(data_dir, split, transforms=make_transforms(model.config, train=False))
     indices = list(range(len(dataset)))[:max_images]
     loader = DataLoader(

@@ -17,7 +17,7 @@ from minisolo.engine import (
     train,
 )
 
-SMALL = dict(image_short_side=96, image_max_size=96, batch_size=2, warmup_iters=2, lr=0.01)
+SMALL = dict(image_short_side=96, image_max_size=96, batch_size=2, warmup_iters=2, lr=0.002)
 
 
 @pytest.fixture(scope="module")
