@@ -160,6 +160,26 @@ class DecoupledSOLOHead(nn.Module):
         return y * x
 
 
+def forward_for_inference(
+    model: nn.Module,
+    images: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    original_sizes: Sequence[tuple[int, int]] | None = None,
+) -> tuple[dict, list[tuple[int, int]], list[tuple[int, int]]]:
+    """Run ``model`` once in eval mode (restoring its mode after) and fill in the default
+    sizes: ``image_sizes`` = the padded input size, ``original_sizes`` = ``image_sizes``."""
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(images)
+    finally:
+        model.train(was_training)
+    batch, _, height, width = images.shape
+    image_sizes = list(image_sizes or [(height, width)] * batch)
+    original_sizes = list(original_sizes or image_sizes)
+    return outputs, image_sizes, original_sizes
+
+
 class SOLO(nn.Module):
     """SOLO: ResNet + FPN + SOLO head. ``forward`` returns raw logits per level;
     ``loss(outputs, targets)`` and ``predict(images)`` implement training and inference."""
@@ -266,17 +286,12 @@ class SOLO(nn.Module):
         before padding (default: the padded size) and ``original_sizes`` the sizes to return
         masks at (default: ``image_sizes``).
         """
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(images)
-        finally:
-            self.train(was_training)
-        batch, _, height, width = images.shape
-        image_sizes = list(image_sizes or [(height, width)] * batch)
-        original_sizes = list(original_sizes or image_sizes)
+        outputs, image_sizes, original_sizes = forward_for_inference(
+            self, images, image_sizes, original_sizes
+        )
         return [
-            self.post_process(outputs, b, image_sizes[b], original_sizes[b]) for b in range(batch)
+            self.post_process(outputs, b, size, original)
+            for b, (size, original) in enumerate(zip(image_sizes, original_sizes, strict=True))
         ]
 
     def candidates(self, outputs: dict, image: int) -> dict[str, torch.Tensor]:

@@ -664,18 +664,15 @@ class YOLACT(nn.Module):
         ``original_sizes`` the sizes to return results at (default: ``image_sizes``); with
         YOLACT's squashed 550 x 550 input, ``original_sizes`` undoes the squash.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            outputs = self(images)
-        finally:
-            self.train(was_training)
-        batch, _, height, width = images.shape
-        image_sizes = list(image_sizes or [(height, width)] * batch)
-        original_sizes = list(original_sizes or image_sizes)
+        from .solo import forward_for_inference
+
+        outputs, image_sizes, original_sizes = forward_for_inference(
+            self, images, image_sizes, original_sizes
+        )
+        height, width = images.shape[-2:]
         return [
             self.post_process(outputs, b, (height, width), image_sizes[b], original_sizes[b])
-            for b in range(batch)
+            for b in range(len(image_sizes))
         ]
 
     def detect(self, outputs: dict, image: int) -> dict[str, torch.Tensor]:
