@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -227,6 +228,11 @@ class GridExplorer:
             self.top_n.max = max(n, 1)
             if not self._predictions_drawn:
                 self.top_n.value = min(20, n)
+                # show at least the three best instances (a young model scores low)
+                scores = self.predictions["scores"]
+                if int((scores >= 0.3).sum()) < 3 and len(scores) >= 1:
+                    third = float(scores[:3].min())
+                    self.show_threshold.value = max(0.05, math.floor(third * 20) / 20)
         finally:
             self._syncing = False
         self._predictions_drawn = True
@@ -552,7 +558,7 @@ class GridExplorer:
                     [widgets.VBox([self.info, self.score_image], layout=column), self.heat_image],
                     layout=wrap,
                 ),
-                self.mask_image,
+                widgets.HBox([self.mask_image]),  # in a row: keeps its natural size
             ]
         )
 
@@ -593,7 +599,7 @@ class GridExplorer:
         )
 
         self.tabs = widgets.Tab(children=[cells_tab, predictions_tab])
-        self.tabs.titles = ("Grid cells", "Predictions: before / after NMS")
+        self.tabs.titles = ("Grid cells", "Before / after NMS")
         self.tabs.observe(self._on_tab, names="selected_index")
         kind = "Decoupled SOLO" if self.decoupled else "SOLO"
         header = widgets.HTML(

@@ -54,7 +54,7 @@ squares, triangles and stars on textured backgrounds, written in COCO format) an
 `runs/nb07/` (with its loss history) and reused the next time you run the notebook: delete
 that folder to train again.
 
-Four minutes of CPU training (300 iterations) teach the model *where* to look long before
+A few minutes of CPU training (300 iterations) teach the model *where* to look long before
 they teach it clean masks and classes: expect blurry blobs and low scores below, which is
 exactly what makes the structure of the outputs visible. With a longer-trained checkpoint
 (`minisolo demo`, then `MINISOLO_CHECKPOINT=demo_out/run/last.pt`) the same cells show sharp
@@ -72,7 +72,7 @@ SUFFIX = "_fast" if FAST else ""
 DATA = ROOT / "data" / f"shapes_nb07{SUFFIX}"
 RUN = ROOT / "runs" / f"nb07{SUFFIX}"
 NUM_TRAIN, NUM_VAL = (48, 6) if FAST else (600, 12)
-TRAIN_ITERS = 8 if FAST else 300  # about 4 minutes on a 2-core CPU, seconds on a GPU
+TRAIN_ITERS = 8 if FAST else 300  # 2-3 minutes on a 2-core CPU, seconds on a GPU
 
 if not (DATA / "annotations" / "instances_val.json").is_file():
     make_shapes_dataset(DATA, num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=256, seed=0, progress=False)
@@ -402,8 +402,10 @@ viz.compare_prediction(image, target["masks"], target["labels"], final["masks"][
     md(
         r"""
 After a few minutes of training these instances are still poor: the scores are low, and the
-masks are the blurry position-driven blobs we saw in the mosaic, cut at 0.5. A longer-trained
-checkpoint turns them into clean instances. The explorer's second tab shows the same for each
+masks are the blurry position-driven blobs we saw in the mosaic, cut at 0.5. Note the copies
+of one object with *different* classes: Matrix NMS only lets masks of the same class suppress
+each other, so a model that cannot tell the classes apart yet keeps one copy per class. A
+longer-trained checkpoint turns them into clean instances. The explorer's second tab shows the same for each
 image: the contours of the top candidates, with a marker on every firing cell, next to the
 final instances.
 """
