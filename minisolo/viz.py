@@ -195,6 +195,16 @@ def _clean_axes(ax) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def _finish_image_axes(ax, w: int, h: int, title: str | None):
+    """Limits in image pixels (y pointing down), no ticks, an optional title."""
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    _clean_axes(ax)
+    if title is not None:
+        ax.set_title(title, fontsize=12)
+    return ax
+
+
 def draw_instances(
     ax,
     image,
@@ -282,12 +292,7 @@ def draw_instances(
                     edgecolor=to_rgb(colors[k % max(len(colors), 1)]),
                 )
             )
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    _clean_axes(ax)
-    if title is not None:
-        ax.set_title(title, fontsize=12)
-    return ax
+    return _finish_image_axes(ax, w, h, title)
 
 
 def save_instances(
@@ -507,12 +512,7 @@ def draw_grid(
                     linewidth=lw_,
                 )
             )
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    _clean_axes(ax)
-    if title is not None:
-        ax.set_title(title, fontsize=12)
-    return ax
+    return _finish_image_axes(ax, w, h, title)
 
 
 def draw_contours(
