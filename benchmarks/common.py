@@ -190,9 +190,25 @@ def build(kind: str, preset_name: str, **overrides):
         raise error
 
 
-def train_step_fn(model, config, images, targets, autocast_dtype=None) -> Callable[[], dict]:
-    """One SGD step (forward, loss, backward, gradient clipping as configured, update);
-    the returned function times the phases and returns them in seconds."""
+def train_step_fn(
+    model,
+    config,
+    images,
+    targets,
+    autocast_dtype=None,
+    full_masks: bool = False,
+    channels_last: bool = True,
+) -> Callable[[], dict]:
+    """One SGD step (forward, loss, backward, gradient clipping as configured, update) as
+    ``minisolo.engine.train`` runs it: NHWC tensors and, for SOLO, only the positive cells'
+    mask channels (``full_masks=False``). The returned function times the phases and returns
+    them in seconds."""
+    from minisolo.solo import SOLO
+
+    forward_kwargs = {"full_masks": full_masks} if isinstance(model, SOLO) else {}
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -203,7 +219,7 @@ def train_step_fn(model, config, images, targets, autocast_dtype=None) -> Callab
     def step() -> dict:
         marks = [time.perf_counter()]
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            outputs = model(images)
+            outputs = model(images, **forward_kwargs)
             synchronize(device)
             marks.append(time.perf_counter())
             losses = model.loss(outputs, targets)

@@ -67,9 +67,9 @@ def plot(rows: list[dict], path: Path) -> None:
         "speedup_vs_v0/solo_targets",
         "speedup_vs_v0/matrix_nms",
         "speedup_vs_v0/mask_nms",
-        "what_if/mask_logits_positives_only",
-        "what_if/channels_last_train_step",
-        "what_if/post_process_single_resize",
+        "speedup_vs_v0/solo_train_step_mask_channels",
+        "speedup_vs_v0/solo_train_step_channels_last",
+        "speedup_vs_v0/post_process_resize",
     ]
     names = [n for n in names if by.get(n, {}).get("value") is not None]
     ax.barh(names, [by[n]["value"] for n in names], color="tab:blue")
@@ -202,7 +202,7 @@ def _median(detail: dict, key: str) -> str:
 
 
 def _obstacles(by: dict, prof: dict) -> list[str]:
-    """Bullet points built from the profile and the what_if rows."""
+    """Bullet points built from the profile and the before/after rows."""
     out = []
     cats = prof.get("categories_percent", {})
     conv = cats.get("convolution (fwd+bwd)")
@@ -213,35 +213,34 @@ def _obstacles(by: dict, prof: dict) -> list[str]:
             "is small. The step is compute-bound: the only ways under 0.5 s are fewer FLOPs "
             "or more FLOP/s."
         )
-    pos = by.get("what_if/mask_logits_positives_only")
+    pos = by.get("speedup_vs_v0/solo_train_step_mask_channels")
     if pos and pos["value"] is not None:
         d = pos["detail"]
         out.append(
-            "- Fewer FLOPs: SOLO's mask branch computes all S^2 mask channels at stride 4 and "
-            "the loss then uses only the positive cells (positives per level "
-            f"{d.get('positives_per_level')}). Computing only the positives' channels (their "
-            "1x1 weights applied before the x2 upsampling, which commutes with them) takes "
-            f"{_median(d, 'positives_only')} instead of {_median(d, 'all_channels')} for "
-            f"forward + backward of that part ({pos['value']:.1f}x), the same loss."
+            "- Done: SOLO's training forward no longer computes all S^2 mask channels; the loss "
+            "computes only the positive cells' (their 1x1 weights applied before the x2 "
+            "upsampling, which commutes with them): step "
+            f"{d['all_channels']['total']} ms before vs {d['positives_only']['total']} ms now "
+            f"({pos['value']:.2f}x, same loss: {d.get('same_first_loss')})."
         )
-    cl = by.get("what_if/channels_last_train_step")
+    cl = by.get("speedup_vs_v0/solo_train_step_channels_last")
     if cl and cl["value"] is not None:
         d = cl["detail"]
         out.append(
-            "- More FLOP/s: with the model and input in channels_last (NHWC), oneDNN skips "
-            f"layout reorders: step {d['nchw']['total']} ms NCHW vs "
+            "- Done: the model and input are channels_last (NHWC) on every device, so oneDNN "
+            f"skips layout reorders: step {d['nchw']['total']} ms NCHW vs "
             f"{d['channels_last']['total']} ms NHWC ({cl['value']:.2f}x; forward "
             f"{d['nchw']['forward']} vs {d['channels_last']['forward']} ms, backward "
             f"{d['nchw']['backward']} vs {d['channels_last']['backward']} ms)."
         )
-    single = by.get("what_if/post_process_single_resize")
+    single = by.get("speedup_vs_v0/post_process_resize")
     if single and single["value"] is not None:
         d = single["detail"]
         out.append(
-            "- Inference post-processing: `SOLO._to_original` resizes the (up to 100) kept "
-            "masks to the padded input size and then again to the original size, also when "
-            f"both are the same: {_median(d, 'current')} vs {_median(d, 'single_resize')} for "
-            f"one resize ({single['value']:.1f}x, identical masks: {d.get('identical')})."
+            "- Done: `SOLO._to_original` resized the (up to 100) kept masks to the padded input "
+            "size and then again to the original size, also when both are the same; now it "
+            f"skips the second resize: {_median(d, 'before')} vs {_median(d, 'after')} "
+            f"({single['value']:.1f}x, identical masks: {d.get('identical')})."
         )
     train = by.get("train_images_per_s/solo", {}).get("detail") or {}
     infer = by.get("inference_ms_per_image/solo", {}).get("detail") or {}
@@ -344,16 +343,16 @@ METHODS = """## What each row measures
   on a GPU; without one computed on fake tensors (shapes only): every tensor an op returns is
   counted until it is garbage collected (`benchmarks/memory.py`), which includes what autograd
   saves for backward, gradients and momentum buffers, but not the CUDA allocator's rounding or
-  library workspaces.
+  library workspaces. SOLO's step here is the all-channels forward of the official head
+  (`full_masks=True`); `engine.train` computes only the positive cells' channels, a selection
+  with data-dependent shapes that fake tensors cannot run, so its smaller peak is not shown.
 - `speedup_vs_v0/*`: `solo_targets`, `matrix_nms` and `mask_nms` now against the same
   functions at the first commit (loaded with `git show`), on the inputs above; results are
-  identical.
+  identical. `solo_train_step_mask_channels`, `solo_train_step_channels_last` and
+  `post_process_resize` (`benchmarks/package_changes.py`) time the tiny SOLO training step
+  (batch 8, 256 px) and the mask resize of inference before and after the change, steps
+  interleaved.
 - `train_step_profile/solo`: total self CPU time of the profiled step below.
-- `what_if/*` (`benchmarks/what_if.py`): proposals for files the benchmarks do not own, timed
-  next to the package's own code: `mask_logits_positives_only` (SOLO's mask outputs for the
-  positive cells only, forward + backward, tiny preset batch 8), `channels_last_train_step`
-  (the tiny SOLO step with NHWC tensors), `post_process_single_resize` (one resize of 100
-  kept masks instead of two when nothing is padded).
 """
 
 
@@ -381,6 +380,12 @@ splits the candidates into connected groups (same class, overlapping boxes) and 
 small intersection matmul per group, cropped to the group's box, instead of one
 `[N, P] @ [P, N]` product over all pairs; it reads masks as uint8 (a bool to float conversion
 is about 10x slower on a CPU). On a GPU it keeps the single product.
+
+`minisolo/solo.py` and `minisolo/engine.py` (same loss, same masks): in training, SOLO's head
+stops before the S^2-channel 1x1 conv (`full_masks=False`) and the loss applies only the
+positive cells' rows of its weight, before the x2 upsampling (both are linear, the bilinear
+weights sum to 1, so the order does not matter); the model and images are channels_last on
+the CPU too; and inference resizes the kept masks once when the image was not resized.
 
 Measurement note: on a shared CPU, OpenMP's default spin-waiting makes 2-thread runs erratic
 (when this was written, at load average ~7 on 2 cores: `solo_targets` 80-900 ms per call with

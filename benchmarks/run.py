@@ -51,8 +51,8 @@ from benchmarks.common import (  # noqa: E402
     train_step_fn,
 )
 from benchmarks.loop_targets import loop_solo_targets  # noqa: E402
+from benchmarks.package_changes import bench_package_changes  # noqa: E402
 from benchmarks.synthetic import clustered_candidates, random_instance_masks  # noqa: E402
-from benchmarks.what_if import bench_what_if  # noqa: E402
 from minisolo import mask_nms, matrix_nms, preset, solo_targets  # noqa: E402
 from minisolo.nms import same_class_intersections  # noqa: E402
 
@@ -716,7 +716,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[dict]]] = {
     "paper_cuda": bench_paper_cuda,
     "paper_memory": bench_paper_memory,
     "before_after": bench_before_after,
-    "what_if": bench_what_if,
+    "package_changes": bench_package_changes,
     "profile": bench_profile,
 }
 

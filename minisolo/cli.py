@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .data.coco import DataError
+from .data.shapes import MAX_SIZE, MIN_SIZE
 from .engine import TrainingDiverged
 
 
@@ -32,6 +33,13 @@ def _add_data_commands(subparsers) -> None:
     shapes.add_argument("--num-val", type=int, default=100)
     shapes.add_argument("--image-size", type=int, default=256)
     shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument(
+        "--min-size", type=float, default=MIN_SIZE, help="smallest object (px of a 256 px image)"
+    )
+    shapes.add_argument(
+        "--max-size", type=float, default=MAX_SIZE, help="largest object (px of a 256 px image)"
+    )
+    shapes.add_argument("--max-objects", type=int, default=6, help="objects per image: 1 to this")
 
     subset = kinds.add_parser("coco-subset", help="build a COCO subset (local root or download)")
     subset.add_argument("--out", required=True, type=Path)
@@ -89,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = subparsers.add_parser("demo", help="shapes data -> train tiny SOLO -> evaluate -> PNGs")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--iterations", type=int, default=None, help="training iterations")
+    demo.add_argument("--epochs", type=int, default=None, help="train for epochs instead")
     demo.add_argument("--num-train", type=int, default=None)
     demo.add_argument("--seed", type=int, default=0)
     return parser
@@ -116,6 +125,9 @@ def run_data(args) -> int:
             num_val=args.num_val,
             image_size=args.image_size,
             seed=args.seed,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            max_objects=args.max_objects,
         )
         print(f"shapes dataset written to {path}")
         return 0
@@ -204,7 +216,12 @@ def run_demo(args) -> int:
 
     started = time.perf_counter()
     summary = demo(
-        args.out, device=args.device, epochs=args.epochs, num_train=args.num_train, seed=args.seed
+        args.out,
+        device=args.device,
+        iterations=args.iterations,
+        epochs=args.epochs,
+        num_train=args.num_train,
+        seed=args.seed,
     )
     minutes = (time.perf_counter() - started) / 60
     print(json.dumps(summary["metrics"]["segm"], indent=None))

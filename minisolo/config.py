@@ -74,6 +74,7 @@ class SOLOConfig:
     warmup_ratio: float = 1.0 / 3.0
     epochs: int = 12
     lr_steps: tuple[int, ...] = (9, 11)  # lr x 0.1 after these epochs
+    lr_schedule: str = "step"  # "step" (paper: lr_steps) or "cosine" (tiny preset)
 
     def __post_init__(self) -> None:
         n = len(self.grids)
@@ -84,6 +85,8 @@ class SOLOConfig:
             )
         if self.model not in ("solo", "decoupled_solo"):
             raise ValueError(f"model must be 'solo' or 'decoupled_solo', got {self.model!r}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {self.lr_schedule!r}")
         if self.nms not in ("matrix", "mask"):
             raise ValueError(f"nms must be 'matrix' or 'mask', got {self.nms!r}")
         if self.class_names and len(self.class_names) != self.num_classes:

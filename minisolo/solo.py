@@ -94,28 +94,83 @@ class SOLOHead(nn.Module):
         _init_head_convs(self.mask_tower)
         _init_head_convs(self.mask_outputs)
 
-    def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        category, masks = [], []
+    def forward(
+        self, features: list[torch.Tensor], full_masks: bool = True
+    ) -> dict[str, list[torch.Tensor]]:
+        """Per level: ``category`` ``[B, C, S, S]`` and ``mask`` ``[B, S*S, 2h, 2w]`` logits.
+
+        With ``full_masks=False`` the head stops before the S^2-channel 1x1 conv and returns
+        ``mask_features`` (the tower output ``[B, c, h, w]``) instead of ``mask``: training
+        needs only the few channels of positive cells, and :meth:`cell_mask_logits` computes
+        exactly those (same numbers, a fraction of the work).
+        """
+        category, masks, mask_features = [], [], []
         for level, (x, grid) in enumerate(zip(features, self.grids, strict=True)):
             m = self.mask_tower(torch.cat([x, coord_features(x)], dim=1))
-            m = F.interpolate(m, scale_factor=2, mode="bilinear", align_corners=False)
-            masks.append(self.mask_outputs[level](m))  # [B, S*S, 2h, 2w]
+            if full_masks:
+                m = F.interpolate(m, scale_factor=2, mode="bilinear", align_corners=False)
+                masks.append(self.mask_outputs[level](m))  # [B, S*S, 2h, 2w]
+            else:
+                mask_features.append(m)  # [B, c, h, w]
             category.append(self.category_branch(x, grid))  # [B, C, S, S]
-        return {"category": category, "mask": masks}
+        if full_masks:
+            return {"category": category, "mask": masks}
+        return {"category": category, "mask_features": mask_features}
 
-    @staticmethod
     def cell_mask_logits(
-        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+        self,
+        outputs: dict,
+        level: int,
+        image: torch.Tensor | int,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
     ) -> torch.Tensor:
-        """Mask logits of cells (rows[p], cols[p]) in image(s) ``image``: channel i*S + j."""
-        grid = int(math.isqrt(outputs["mask"][level].shape[1]))
-        return outputs["mask"][level][image, rows * grid + cols]
+        """Mask logits ``[P, 2h, 2w]`` of cells (rows[p], cols[p]) in image(s) ``image``:
+        channel ``k = i * S + j``, read from ``mask`` or computed from ``mask_features``."""
+        channel = rows * self.grids[level] + cols
+        if "mask" in outputs:
+            return outputs["mask"][level][image, channel]
+        features = outputs["mask_features"][level]
+        if not torch.is_tensor(image):
+            image = torch.full_like(channel, image)
+        return self._selected_channels(features, level, image, channel)
 
-    @staticmethod
-    def cell_mask_probs(
-        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+    def _selected_channels(
+        self, features: torch.Tensor, level: int, image: torch.Tensor, channel: torch.Tensor
     ) -> torch.Tensor:
-        return torch.sigmoid(SOLOHead.cell_mask_logits(outputs, level, image, rows, cols))
+        """Channels ``channel[p]`` of image ``image[p]`` without computing the other S^2 - P.
+
+        A 1x1 conv is one matrix product per pixel, and the x2 bilinear upsampling is linear
+        with weights that sum to 1, so ``conv(upsample(f)) == upsample(conv(f))``: we apply
+        only the P needed rows of the conv weight to each image's features, then upsample.
+        """
+        conv = self.mask_outputs[level]
+        order = torch.argsort(image, stable=True)  # group the cells image by image
+        counts = torch.bincount(image[order], minlength=features.shape[0]).tolist()
+        weights = conv.weight[channel[order], :, 0, 0].split(counts)  # [P_b, c] per image
+        # the loss runs outside autocast, so under AMP the features may be bf16 / fp16: these
+        # few channels are computed in the weight's fp32
+        low = torch.cat(
+            [
+                torch.einsum("pc,chw->phw", w, f.to(w.dtype))
+                for w, f in zip(weights, features, strict=True)
+            ]
+        )
+        low = low + conv.bias[channel[order]][:, None, None]
+        if low.shape[0] == 0:  # no cell asked for: an empty result, still in the autograd graph
+            return low.new_zeros(0, 2 * low.shape[1], 2 * low.shape[2]) + low.sum()
+        logits = F.interpolate(low[None], scale_factor=2, mode="bilinear", align_corners=False)
+        return logits[0][torch.argsort(order)]  # back to the caller's order
+
+    def cell_mask_probs(
+        self,
+        outputs: dict,
+        level: int,
+        image: torch.Tensor | int,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
+        return torch.sigmoid(self.cell_mask_logits(outputs, level, image, rows, cols))
 
 
 class DecoupledSOLOHead(nn.Module):
@@ -137,7 +192,12 @@ class DecoupledSOLOHead(nn.Module):
         for module in (self.mask_outputs_x, self.mask_outputs_y):
             _init_head_convs(module)
 
-    def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    def forward(
+        self, features: list[torch.Tensor], full_masks: bool = True
+    ) -> dict[str, list[torch.Tensor]]:
+        """``category``, ``mask_x`` and ``mask_y`` per level. The X/Y outputs have only 2 S
+        channels, so they are always computed in full; ``full_masks`` is accepted for a
+        uniform interface with :class:`SOLOHead`."""
         category, masks_x, masks_y = [], [], []
         for level, (x, grid) in enumerate(zip(features, self.grids, strict=True)):
             coords = coord_features(x)
@@ -150,9 +210,13 @@ class DecoupledSOLOHead(nn.Module):
             category.append(self.category_branch(x, grid))
         return {"category": category, "mask_x": masks_x, "mask_y": masks_y}
 
-    @staticmethod
     def cell_mask_probs(
-        outputs: dict, level: int, image: torch.Tensor | int, rows: torch.Tensor, cols: torch.Tensor
+        self,
+        outputs: dict,
+        level: int,
+        image: torch.Tensor | int,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
     ) -> torch.Tensor:
         """Mask of cell (i, j) = sigmoid(Y_i) * sigmoid(X_j)."""
         y = torch.sigmoid(outputs["mask_y"][level][image, rows])
@@ -205,7 +269,11 @@ class SOLO(nn.Module):
         """The five head inputs (strides 8, 8, 16, 32, 32) for a batch of padded images."""
         return head_inputs(self.fpn(self.backbone(images)))
 
-    def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, full_masks: bool = True
+    ) -> dict[str, list[torch.Tensor]]:
+        """Raw head outputs for padded images; ``full_masks=False`` is for training (see
+        :meth:`SOLOHead.forward`): the loss then computes only the positive cells' masks."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if images.shape[-2] % 32 or images.shape[-1] % 32:
@@ -213,7 +281,7 @@ class SOLO(nn.Module):
                 f"image height and width must be multiples of 32 (pad them), got "
                 f"{tuple(images.shape[-2:])}"
             )
-        return self.head(self.features(images))
+        return self.head(self.features(images), full_masks=full_masks)
 
     # ----------------------------------------------------------------------------- loss
     def targets(self, targets: Sequence[dict]) -> list:
@@ -410,7 +478,10 @@ class SOLO(nn.Module):
             return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
         full = F.interpolate(probs[None], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
         full = full[:, :, : image_size[0], : image_size[1]]
-        full = F.interpolate(full, size=tuple(original_size), mode="bilinear", align_corners=False)
+        if tuple(original_size) != tuple(image_size):  # the image was resized: undo it
+            full = F.interpolate(
+                full, size=tuple(original_size), mode="bilinear", align_corners=False
+            )
         return full[0] > self.config.mask_threshold
 
 

@@ -156,6 +156,24 @@ def test_data_shapes_in_process_matches_the_subprocess(shapes, tmp_path, capsys)
         assert all(Image.open(p).size == (96, 96) for p in images)
 
 
+def test_data_shapes_size_and_count_options(tmp_path, capsys):
+    out = tmp_path / "big"
+    code, stdout, stderr = run_in_process(
+        capsys, "data", "shapes", "--out", out, "--num-train", 4, "--num-val", 1,
+        "--image-size", 96, "--min-size", 120, "--max-size", 160, "--max-objects", 2,
+    )  # fmt: skip
+    assert code == 0, _explain(code, stdout, stderr)
+    data = json.loads((out / "annotations" / "instances_train.json").read_text())
+    per_image = [
+        sum(a["image_id"] == im["id"] for a in data["annotations"]) for im in data["images"]
+    ]
+    assert max(per_image) <= 2
+    # visible boxes can only shrink below the full size (120 * 96 / 256 = 45 px), not exceed
+    # the largest full size (60 px), up to a pixel of rasterisation
+    sizes = [(a["bbox"][2] * a["bbox"][3]) ** 0.5 for a in data["annotations"]]
+    assert max(sizes) <= 160 * 96 / 256 + 2 and max(sizes) >= 120 * 96 / 256 - 2
+
+
 # ------------------------------------------------------------------------------------ train
 @pytest.mark.parametrize("model", ["solo", "yolact"])
 def test_train_in_process_writes_checkpoint_log_and_metrics(model, request):

@@ -151,3 +151,22 @@ def test_render_shapes_image_visible_inside_full():
         assert 0 <= inst.label < len(SHAPE_CLASSES)
         assert not np.any(inst.visible_mask & ~inst.full_mask)
         assert inst.visible_mask.sum() >= 30
+
+
+def test_size_range_and_object_count_options():
+    """min_size / max_size (px of a 256 px image, scaled to image_size) bound every full
+    object's box; max_objects bounds the count."""
+    sizes, counts = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        _, instances = render_shapes_image(rng, 192, max_objects=8, min_size=32, max_size=200)
+        counts.append(len(instances))
+        for inst in instances:
+            ys, xs = np.nonzero(inst.full_mask)
+            sizes.append(math.sqrt((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
+    scale = 192 / 256
+    # rasterisation may add or drop a pixel row or column at each side
+    assert min(sizes) >= 32 * scale - 2 and max(sizes) <= 200 * scale + 2
+    assert max(counts) <= 8 and max(counts) > 6
+    with pytest.raises(ValueError, match="min_size"):
+        render_shapes_image(np.random.default_rng(0), 96, min_size=50, max_size=20)

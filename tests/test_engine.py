@@ -27,12 +27,26 @@ def shapes_dir(tmp_path_factory):
 
 
 def test_learning_rate_warmup_and_steps_by_hand():
-    cfg = preset("tiny", lr=0.03, warmup_iters=10, warmup_ratio=1 / 3)
+    cfg = preset("tiny", lr=0.03, warmup_iters=10, warmup_ratio=1 / 3, lr_schedule="step")
     assert learning_rate(cfg, 0, [100]) == pytest.approx(0.01)  # lr / 3
     assert learning_rate(cfg, 5, [100]) == pytest.approx(0.03 * (1 - 0.5 * 2 / 3))
     assert learning_rate(cfg, 10, [100]) == pytest.approx(0.03)
     assert learning_rate(cfg, 100, [100, 120]) == pytest.approx(0.003)
     assert learning_rate(cfg, 130, [100, 120]) == pytest.approx(0.0003)
+
+
+def test_cosine_schedule_by_hand():
+    cfg = preset("tiny", lr=0.02, warmup_iters=10, warmup_ratio=0.1, lr_schedule="cosine")
+    # warmup factor 1 - (1 - 5/10) * 0.9 = 0.55 on top of the cosine value at 5/200
+    cosine_5 = 0.02 * 0.5 * (1 + math.cos(math.pi * 5 / 200))
+    assert learning_rate(cfg, 5, [], 200) == pytest.approx(0.55 * cosine_5)
+    assert learning_rate(cfg, 100, [], 200) == pytest.approx(0.01)  # half way: lr / 2
+    assert learning_rate(cfg, 150, [], 200) == pytest.approx(0.02 * (1 - math.sqrt(0.5)) / 2)
+    assert learning_rate(cfg, 200, [], 200) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="total_iterations"):
+        learning_rate(cfg, 5, [])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        preset("tiny", lr_schedule="linear")
 
 
 def _weights(model):

@@ -108,6 +108,54 @@ def test_loss_is_focal_plus_three_dice(config, model_class):
     losses["loss"].backward()
 
 
+def test_positive_channels_only_give_the_same_loss_and_gradients(config):
+    """full_masks=False computes only the positives' channels (1x1 conv before the x2
+    upsampling); loss and every gradient must equal the all-channels path."""
+    torch.manual_seed(0)
+    model = SOLO(config)
+    images = torch.randn(3, 3, 128, 128)
+    targets = [
+        _one_object_target(),
+        {"masks": torch.zeros(0, 128, 128).bool(), "labels": torch.zeros(0, dtype=torch.long)},
+        _one_object_target(),
+    ]
+    results = []
+    for full_masks in (True, False):
+        model.zero_grad()
+        outputs = model(images, full_masks=full_masks)
+        assert ("mask" in outputs) == full_masks and ("mask_features" in outputs) != full_masks
+        losses = model.loss(outputs, targets)
+        losses["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((losses, grads))
+    (full, full_grads), (lazy, lazy_grads) = results
+    assert full["num_positives"].item() > 0
+    torch.testing.assert_close(lazy["loss"], full["loss"])
+    assert full_grads.keys() == lazy_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(lazy_grads[name], full_grads[name], rtol=1e-4, atol=1e-6)
+    # under autocast (the engine's AMP: forward inside, loss outside) the bf16 features work
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_outputs = model(images, full_masks=False)
+    assert amp_outputs["mask_features"][0].dtype == torch.bfloat16
+    amp_loss = model.loss(amp_outputs, targets)["loss"]
+    torch.testing.assert_close(amp_loss, full["loss"], rtol=0.05, atol=0.05)
+    # unsorted cells of several images, read back one by one from the full output
+    full_outputs = model(images)
+    lazy_outputs = model(images, full_masks=False)
+    image, rows, cols = (
+        torch.tensor([2, 0, 2, 1]),
+        torch.tensor([3, 0, 1, 5]),
+        torch.tensor([4, 2, 0, 5]),
+    )
+    torch.testing.assert_close(
+        model.head.cell_mask_logits(lazy_outputs, 1, image, rows, cols),
+        full_outputs["mask"][1][image, rows * config.grids[1] + cols],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
 def test_predict_follows_the_inference_recipe(config):
     """One strong cell whose mask is a known square: predict returns that square."""
     model = SOLO(config).eval()

@@ -160,16 +160,20 @@ def render_shapes_image(
     image_size: int = 256,
     max_objects: int = 6,
     max_tries: int = 20,
+    min_size: float = MIN_SIZE,
+    max_size: float = MAX_SIZE,
 ) -> tuple[np.ndarray, list[ShapeInstance]]:
     """Paint one image; returns ``(uint8 [H, W, 3], instances in painting order)``.
 
-    Each object gets a class, a size (log-uniform between ``MIN_SIZE`` and ``MAX_SIZE``,
-    scaled to ``image_size``), a position that keeps its box inside the image, a rotation and
-    a colour. A candidate is rejected (and re-drawn, up to ``max_tries`` times) if it would
-    hide too much of an object already painted.
+    Each object gets a class, a size (log-uniform between ``min_size`` and ``max_size``, given
+    for a 256 px image and scaled to ``image_size``), a position that keeps its box inside the
+    image, a rotation and a colour. A candidate is rejected (and re-drawn, up to ``max_tries``
+    times) if it would hide too much of an object already painted.
     """
     scale = image_size / 256
-    lo, hi = math.log(MIN_SIZE * scale), math.log(MAX_SIZE * scale)
+    if not 0 < min_size <= max_size:
+        raise ValueError(f"need 0 < min_size <= max_size, got {min_size} and {max_size}")
+    lo, hi = math.log(min_size * scale), math.log(max_size * scale)
     img = _background(rng, image_size)
     owner = np.full((image_size, image_size), -1, dtype=np.int16)  # who is visible where
     full_masks: list[np.ndarray] = []
@@ -242,6 +246,7 @@ def _write_split(
     image_size: int,
     seed: int,
     progress: bool,
+    shape_options: dict,
 ) -> dict:
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +254,7 @@ def _write_split(
     for i in tqdm(range(num_images), desc=f"shapes/{split}", disable=not progress):
         # one independent generator per image: same (seed, split, index) -> same image
         rng = np.random.default_rng([seed, split_code, i])
-        pixels, instances = render_shapes_image(rng, image_size)
+        pixels, instances = render_shapes_image(rng, image_size, **shape_options)
         image_id = i + 1  # COCO ids start at 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name, compress_level=1)
@@ -272,7 +277,13 @@ def _write_split(
                 }
             )
     return {
-        "info": {"description": "minisolo synthetic shapes", "version": "1.0", "seed": seed},
+        "info": {
+            "description": "minisolo synthetic shapes",
+            "version": "1.0",
+            "seed": seed,
+            "image_size": image_size,
+            **shape_options,
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -290,6 +301,9 @@ def make_shapes_dataset(
     image_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    min_size: float = MIN_SIZE,
+    max_size: float = MAX_SIZE,
+    max_objects: int = 6,
 ) -> Path:
     """Write a synthetic COCO-format shapes dataset and return ``out_dir`` as a ``Path``.
 
@@ -300,11 +314,16 @@ def make_shapes_dataset(
 
     Segmentations are compressed RLE (exact, via ``pycocotools.mask.encode``); ``bbox`` and
     ``area`` describe the visible mask. The same ``seed`` gives byte-identical files.
+    ``min_size`` and ``max_size`` bound the object sizes (``sqrt(w * h)`` of the box, in pixels
+    of a 256 px image) and every image gets 1 to ``max_objects`` objects.
     """
+    shape_options = dict(min_size=min_size, max_size=max_size, max_objects=max_objects)
     out_dir = Path(out_dir)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     for split_code, (split, n) in enumerate((("train", num_train), ("val", num_val))):
-        data = _write_split(out_dir, split, split_code, n, image_size, seed, progress)
+        data = _write_split(
+            out_dir, split, split_code, n, image_size, seed, progress, shape_options
+        )
         text = json.dumps(data, separators=(",", ":"))
         (out_dir / "annotations" / f"instances_{split}.json").write_text(text, encoding="utf-8")
     return out_dir
