@@ -62,6 +62,9 @@ def _add_train_command(subparsers) -> None:
     length.add_argument("--max-iters", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, help="base learning rate (default: the preset's)")
+    train.add_argument(
+        "--lr-schedule", choices=("step", "cosine"), help="default: the preset's (step)"
+    )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--out", type=Path, default=Path("runs/train"))
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -152,6 +155,8 @@ def run_train(args) -> int:
     from .engine import train
 
     overrides = {"lr": args.lr} if args.lr else {}
+    if args.lr_schedule:
+        overrides["lr_schedule"] = args.lr_schedule
     if args.image_size and args.model == "yolact":
         overrides["image_size"] = args.image_size
     elif args.image_size:

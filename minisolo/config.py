@@ -212,6 +212,7 @@ class YOLACTConfig:
     warmup_ratio: float = 0.1  # lr_warmup_init 1e-4 = 0.1 x lr
     epochs: int = 54
     lr_steps: tuple[int, ...] = (19, 41, 47, 51)
+    lr_schedule: str = "step"  # "step" (official) or "cosine"
 
     def __post_init__(self) -> None:
         if self.model != "yolact":

@@ -27,7 +27,7 @@ DEMO_NUM_TRAIN = 1200
 DEMO_NUM_VAL = 100
 DEMO_IMAGE_SIZE = 192
 DEMO_SHAPES = {"min_size": 32.0, "max_size": 200.0, "max_objects": 8}
-DEMO_ITERATIONS = 1500
+DEMO_ITERATIONS = 1800
 DEMO_MODEL = "solo"
 # The tiny preset at the demo's image size, with a cosine schedule: in a short run the lr
 # decays smoothly to 0 instead of two steps at 75% and 92% (docs/results.md compares them).
@@ -35,7 +35,7 @@ DEMO_OVERRIDES = {
     "image_short_side": DEMO_IMAGE_SIZE,
     "image_max_size": DEMO_IMAGE_SIZE,
     "lr_schedule": "cosine",
-    "lr": 0.003,
+    "lr": 0.005,
 }
 
 

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.loop_targets import loop_solo_targets  # noqa: E402
+from benchmarks.mask_ceiling import oracle_ap, oracle_mask  # noqa: E402
 from benchmarks.synthetic import clustered_candidates, random_instance_masks  # noqa: E402
-from minisolo import solo_targets  # noqa: E402
+from minisolo import preset, solo_targets  # noqa: E402
+from minisolo.data import make_shapes_dataset  # noqa: E402
 from minisolo.nms import same_class_intersections  # noqa: E402
 from minisolo.targets import resize_masks  # noqa: E402
 
@@ -155,3 +157,32 @@ def test_run_py_only_writes_well_formed_rows(tmp_path):
     # S = 40: 2 * 40 channels instead of 40^2
     assert rows[1]["value"] == pytest.approx(80 / 1600)
     assert 0 < rows[0]["value"] < 0.1
+
+
+def test_oracle_mask_keeps_aligned_edges_rounds_corners_and_loses_small_discs():
+    def iou(a, b):
+        return ((a & b).sum() / (a | b).sum()).item()
+
+    square = torch.zeros(64, 64, dtype=torch.bool)
+    square[16:48, 16:48] = True  # cells 1..2 of a stride-16 grid: the 2 x 2 target is exact
+    upsampled = oracle_mask(square, 16)
+    # bilinear upsampling crosses 0.5 exactly on the cell borders along each edge ...
+    assert torch.equal(upsampled[31], square[31]) and torch.equal(upsampled[:, 31], square[:, 31])
+    # ... but in 2-D it is the product of two ramps: the corners are rounded off
+    assert not upsampled[16, 16] and 0.85 < iou(upsampled, square) < 1.0
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    disc = (rows - 31.5) ** 2 + (cols - 31.5) ** 2 <= 10**2  # 20 px across
+    # at stride 16 no target pixel is set (its 2 x 2 samples at 23-24 px lie outside the disc)
+    assert oracle_mask(disc, 16).sum() == 0
+    assert iou(oracle_mask(disc, 8), disc) < iou(oracle_mask(disc, 4), disc)
+
+
+def test_oracle_ap_is_one_at_full_resolution_and_lower_at_solo_strides(tmp_path):
+    data = make_shapes_dataset(tmp_path, num_train=1, num_val=12, image_size=96, progress=False)
+    tiny = preset("tiny")
+    full_resolution = oracle_ap(data, "val", tiny.scale_ranges, (2, 2, 2, 2, 2))
+    assert full_resolution["AP"] == pytest.approx(1.0)
+    finest = oracle_ap(data, "val", tiny.scale_ranges, tiny.strides, "finest")
+    coarsest = oracle_ap(data, "val", tiny.scale_ranges, tiny.strides, "coarsest")
+    assert coarsest["AP"] <= finest["AP"] < 1.0
+    assert finest["objects_outside_all_ranges"] == 0

@@ -195,9 +195,10 @@ def test_train_subprocess_solo(shapes, tmp_path):
     out = tmp_path / "run"
     done = run_subprocess(
         "train", "--data", shapes, "--config", "tiny", "--model", "solo", "--max-iters", 2,
-        "--batch-size", 2, "--device", "cpu", "--out", out,
+        "--batch-size", 2, "--device", "cpu", "--out", out, "--lr-schedule", "cosine",
     )  # fmt: skip
     assert done.returncode == 0, _explain(done.returncode, done.stdout, done.stderr)
+    assert json.loads((out / "config.json").read_text())["lr_schedule"] == "cosine"
     assert f"checkpoint: {out / 'last.pt'}" in done.stdout
     assert "segm:" in done.stdout and "bbox:" in done.stdout
     assert (out / "last.pt").is_file()

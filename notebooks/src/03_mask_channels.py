@@ -37,7 +37,8 @@ cell $(i, j)$". This notebook opens that tensor up.
 - why the channel index is $k = i \cdot S + j$ (row-major order) and how to go back from $k$ to $(i, j)$;
 - what the S² outputs of a small SOLO look like, before and after a quick training run, one channel at a time and as a mosaic laid out like the grid;
 - **Decoupled SOLO**: the mask of cell $(i, j)$ as $\sigma(Y_i) \cdot \sigma(X_j)$ with only $2S$ channels;
-- the memory arithmetic at the paper's size: $S^2$ versus $2S$ channels, per level and in total.
+- the memory arithmetic at the paper's size: $S^2$ versus $2S$ channels, per level and in total;
+- why training needs only the positive cells' channels, and how the package computes just those.
 
 **Prerequisites:** notebooks 01 (CoordConv) and 02 (grid assignment). About 25 minutes.
 """
@@ -449,6 +450,70 @@ print(f"at {check_h} x {check_w}: SOLO head {sum(measured_solo):,} floats, Decou
     ),
 ]
 
+POSITIVES_ONLY = [
+    md(
+        r"""
+## 7. Training needs only the positive channels
+
+The loss (notebook 04) reads the masks of the **positive** cells only: a handful of the $S^2$
+channels. The last layer of the mask branch is a $1 \times 1$ conv, i.e. for channel $k$ and
+every pixel, $m_k = w_k \cdot f + b_k$ with the tower feature $f$. Before it comes a ×2
+bilinear upsampling $U$, which is linear with weights that sum to 1, so
+
+$$w_k \cdot U(f) + b_k = U(w_k \cdot f + b_k).$$
+
+So we can apply the $P$ positive rows $w_k$ to the tower output *before* the upsampling, and
+never compute the other $S^2 - P$ channels. `engine.train` does this: `model(images,
+full_masks=False)` returns the tower features, and `model.head.cell_mask_logits` computes the
+requested channels from them. We derive it by hand on level 0 first.
+"""
+    ),
+    code(
+        r"""
+level = 0
+grid = config.grids[level]
+lt = level_targets[level]
+rows, cols = lt.positive_index // grid, lt.positive_index % grid
+model.eval()
+with torch.no_grad():
+    features = model.features(images)
+    x = features[level]
+    tower = model.head.mask_tower(torch.cat([x, minisolo.coord_features(x)], dim=1))  # [1, c, h, w]
+    conv = model.head.mask_outputs[level]
+    w = conv.weight[lt.positive_index, :, 0, 0]  # [P, c]: one row per positive channel
+    low = torch.einsum("pc,chw->phw", w, tower[0]) + conv.bias[lt.positive_index][:, None, None]
+    by_hand = F.interpolate(low[None], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    full = model(images)["mask"][level][0, lt.positive_index]  # all S^2 channels, then pick
+print(f"level {level}: {len(lt.positive_index)} positive channels of {grid * grid}; "
+      f"largest difference {float((by_hand - full).abs().max()):.1e}")
+"""
+    ),
+    md(
+        r"""
+### Check: the derivation against the package
+
+The package's training path must give the same logits for every positive cell; the loss
+computed both ways must agree too.
+"""
+    ),
+    code(
+        r"""
+with torch.no_grad():
+    lazy = model(images, full_masks=False)
+    print("training outputs:", sorted(lazy), "| mask_features per level:",
+          [tuple(t.shape[1:]) for t in lazy["mask_features"]])
+    assert_close(model.head.cell_mask_logits(lazy, level, 0, rows, cols), by_hand, rtol=1e-4, atol=1e-5)
+    assert_close(by_hand, full, rtol=1e-4, atol=1e-5)
+    loss_full = model.loss(model(images), targets)["loss"]
+    loss_lazy = model.loss(lazy, targets)["loss"]
+assert_close(loss_lazy, loss_full, rtol=1e-4, atol=1e-5)
+computed = sum(lt.num_positives for lt in level_targets)
+print(f"same logits and same loss ({float(loss_lazy):.4f}); mask channels computed: {computed} "
+      f"instead of {sum(g * g for g in config.grids)}")
+"""
+    ),
+]
+
 EXERCISES = md(
     r"""
 ## Exercises
@@ -469,7 +534,16 @@ EXERCISES = md(
 """
 )
 
-CELLS = [INTRO, setup_cell(), *CHANNEL_INDEX, *MODEL_OUTPUTS, *DECOUPLED, *MEMORY, EXERCISES]
+CELLS = [
+    INTRO,
+    setup_cell(),
+    *CHANNEL_INDEX,
+    *MODEL_OUTPUTS,
+    *DECOUPLED,
+    *MEMORY,
+    *POSITIVES_ONLY,
+    EXERCISES,
+]
 
 # ---------------------------------------------------------------------------------------------
 # Solutions
