@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from minisolo import preset  # noqa: E402
-from minisolo.data.coco import find_split  # noqa: E402
+from minisolo.data.coco import decode_rles, find_split  # noqa: E402
 from minisolo.targets import masks_to_boxes, resize_masks  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def oracle_ap(
     results, skipped = [], 0
     for ann in coco.loadAnns(coco.getAnnIds(iscrowd=False)):
         info = coco.imgs[ann["image_id"]]
-        gt = torch.from_numpy(coco.annToMask(ann).astype(bool))
+        gt = torch.from_numpy(decode_rles([coco.annToRLE(ann)])[:, :, 0])
         # pad to a multiple of 32 as the model's input is
         pad_h, pad_w = -info["height"] % 32, -info["width"] % 32
         padded = F.pad(gt, (0, pad_w, 0, pad_h))
