@@ -79,7 +79,7 @@ def learning_rate(
     to 0 at the last iteration, which suits short runs. The warmup is mmdetection's ``linear``
     warmup that the official SOLO schedule uses.
     """
-    schedule = getattr(config, "lr_schedule", "step")
+    schedule = config.lr_schedule
     if schedule == "cosine":
         if not total_iterations:
             raise ValueError("the cosine schedule needs total_iterations")
