@@ -74,7 +74,7 @@ class SOLOConfig:
     warmup_ratio: float = 1.0 / 3.0
     epochs: int = 12
     lr_steps: tuple[int, ...] = (9, 11)  # lr x 0.1 after these epochs
-    lr_schedule: str = "step"  # "step" (paper: lr_steps) or "cosine" (tiny preset)
+    lr_schedule: str = "step"  # "step" (paper: lr_steps) or "cosine" (minisolo demo)
 
     def __post_init__(self) -> None:
         n = len(self.grids)

@@ -218,8 +218,8 @@ def train(
         from .backbone import load_torchvision_weights
 
         load_torchvision_weights(model.backbone, backbone_weights)
-    # NHWC tensors: cuDNN and oneDNN convolutions skip layout reorders (CPU: about 1.1x per
-    # step, benchmarks/run.py --only before_after)
+    # NHWC tensors: cuDNN and oneDNN convolutions skip layout reorders (CPU: about 1.15x per
+    # step, benchmarks/run.py --only package_changes)
     model = model.to(memory_format=torch.channels_last)
 
     parameters = [p for p in model.parameters() if p.requires_grad]
