@@ -15,7 +15,7 @@ score, its own IoU (the best possible ranking).
 Images are taken at their stored size, i.e. as the model's input (true for the demo's data,
 whose images are generated at the model's input size).
 
-    python benchmarks/mask_ceiling.py DATA_DIR [--split val] [--scale-ranges tiny|paper]
+    python benchmarks/mask_ceiling.py DATA_DIR [--split val] [--scale-ranges tiny|paper|demo]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 from minisolo import preset  # noqa: E402
 from minisolo.data.coco import decode_rles, find_split  # noqa: E402
+from minisolo.demo import DEMO_OVERRIDES  # noqa: E402
 from minisolo.targets import masks_to_boxes, resize_masks  # noqa: E402
 
 
@@ -109,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale-ranges",
         default="tiny",
-        choices=("tiny", "paper"),
-        help="the tiny preset's ranges or the paper's (in input pixels)",
+        choices=("tiny", "paper", "demo"),
+        help="the tiny preset's ranges, the paper's (in input pixels) or minisolo demo's",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    config = preset(args.scale_ranges)
+    if args.scale_ranges == "demo":
+        config = preset("tiny", **DEMO_OVERRIDES)
+    else:
+        config = preset(args.scale_ranges)
     report = {"data": str(args.data), "scale_ranges": args.scale_ranges}
     for which in ("finest", "coarsest"):
         report[which] = oracle_ap(args.data, args.split, config.scale_ranges, config.strides, which)

@@ -186,3 +186,21 @@ def test_oracle_ap_is_one_at_full_resolution_and_lower_at_solo_strides(tmp_path)
     coarsest = oracle_ap(data, "val", tiny.scale_ranges, tiny.strides, "coarsest")
     assert coarsest["AP"] <= finest["AP"] < 1.0
     assert finest["objects_outside_all_ranges"] == 0
+
+
+def test_mask_ceiling_command_with_the_demos_wider_ranges(tmp_path, capsys):
+    """The demo doubles the tiny preset's scale ranges: each object moves to a level of the
+    same or a finer mask stride, so the oracle's coarsest-level AP cannot drop."""
+    from benchmarks.mask_ceiling import main
+
+    data = make_shapes_dataset(
+        tmp_path / "d", num_train=1, num_val=12, image_size=128, progress=False
+    )
+    reports = {}
+    for ranges in ("tiny", "demo"):
+        out = tmp_path / f"{ranges}.json"
+        assert main([str(data), "--scale-ranges", ranges, "--json", str(out)]) == 0
+        reports[ranges] = json.loads(out.read_text())
+    assert "oracle (coarsest level)" in capsys.readouterr().out
+    assert reports["demo"]["coarsest"]["AP"] >= reports["tiny"]["coarsest"]["AP"]
+    assert reports["demo"]["coarsest"]["AP"] <= reports["demo"]["finest"]["AP"] <= 1.0

@@ -32,3 +32,40 @@ def test_ensure_shapes_reuses_the_same_set_and_rewrites_a_different_one(tmp_path
     train_json.write_text("{not json")
     ensure_shapes(root, 5, 1, seed=0, image_size=96, **DEMO_SHAPES)
     assert _info(root)["seed"] == 0  # unreadable: written again
+
+
+def test_demo_objects_span_at_least_three_levels_of_the_tiny_preset():
+    """The demo's data keeps the shapes spec: object sizes on >= 3 FPN levels of the tiny
+    preset (and of the demo's own ranges), at most max_objects per image, some occlusion."""
+    import math
+
+    import numpy as np
+
+    from minisolo import preset
+    from minisolo.data.shapes import render_shapes_image
+    from minisolo.demo import DEMO_IMAGE_SIZE, DEMO_SCALE_RANGES
+
+    sizes, counts, occluded = [], [], 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        _, instances = render_shapes_image(rng, DEMO_IMAGE_SIZE, **DEMO_SHAPES)
+        counts.append(len(instances))
+        for inst in instances:
+            ys, xs = np.nonzero(inst.full_mask)
+            sizes.append(math.sqrt((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
+            occluded += int(inst.visible_mask.sum() < inst.full_mask.sum())
+    assert max(counts) <= DEMO_SHAPES["max_objects"]
+    assert occluded > 0
+    for ranges in (preset("tiny").scale_ranges, DEMO_SCALE_RANGES):
+        levels = {k for s in sizes for k, (lo, hi) in enumerate(ranges) if lo <= s <= hi}
+        assert len(levels) >= 3, (ranges, sorted(levels))
+
+
+def test_demo_scale_ranges_are_the_tiny_presets_doubled():
+    from minisolo import preset
+    from minisolo.demo import DEMO_OVERRIDES, DEMO_SCALE_RANGES
+
+    tiny = preset("tiny").scale_ranges
+    doubled = tuple((1 if lo == 1 else 2 * lo, 2 * hi) for lo, hi in tiny)
+    assert DEMO_SCALE_RANGES == doubled
+    assert preset("tiny", **DEMO_OVERRIDES).scale_ranges == doubled

@@ -65,8 +65,8 @@ else:
     TRAIN_ITERS, BATCH_SIZE = 400, 8
 TRAIN_ITERS = int(os.environ.get("MINISOLO_TRAIN_ITERS", TRAIN_ITERS))
 LOG_EVERY = max(1, TRAIN_ITERS // 40)
-# the tiny preset with the demo's schedule (cosine decay to 0, lr 5e-3: short runs gain from
-# it), the warm-up shortened to a tenth of a short run (preset: 100 iterations)
+# the tiny preset with the demo's kind of schedule (cosine decay to 0 from lr 5e-3: short runs
+# gain from it), the warm-up shortened to a tenth of a short run (preset: 100 iterations)
 RECIPE = dict(lr_schedule="cosine", lr=0.005, warmup_iters=max(1, min(100, TRAIN_ITERS // 10)))
 
 if not (DATA / "annotations" / "instances_val.json").is_file():
