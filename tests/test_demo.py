@@ -1,11 +1,23 @@
-"""The demo's data step: the shapes set is generated once and again only when its options
-change (a stale set from other options must never be trained on silently)."""
+"""The demo's data and recipe: the shapes set is generated once and again only when its
+options change (a stale set from other options must never be trained on silently); the demo's
+data keeps the shapes spec and its scale ranges are the tiny preset's doubled."""
 
 from __future__ import annotations
 
 import json
+import math
 
-from minisolo.demo import DEMO_SHAPES, ensure_shapes
+import numpy as np
+
+from minisolo import preset
+from minisolo.data.shapes import render_shapes_image
+from minisolo.demo import (
+    DEMO_IMAGE_SIZE,
+    DEMO_OVERRIDES,
+    DEMO_SCALE_RANGES,
+    DEMO_SHAPES,
+    ensure_shapes,
+)
 
 
 def _info(root):
@@ -37,14 +49,6 @@ def test_ensure_shapes_reuses_the_same_set_and_rewrites_a_different_one(tmp_path
 def test_demo_objects_span_at_least_three_levels_of_the_tiny_preset():
     """The demo's data keeps the shapes spec: object sizes on >= 3 FPN levels of the tiny
     preset (and of the demo's own ranges), at most max_objects per image, some occlusion."""
-    import math
-
-    import numpy as np
-
-    from minisolo import preset
-    from minisolo.data.shapes import render_shapes_image
-    from minisolo.demo import DEMO_IMAGE_SIZE, DEMO_SCALE_RANGES
-
     sizes, counts, occluded = [], [], 0
     for seed in range(30):
         rng = np.random.default_rng(seed)
@@ -62,9 +66,6 @@ def test_demo_objects_span_at_least_three_levels_of_the_tiny_preset():
 
 
 def test_demo_scale_ranges_are_the_tiny_presets_doubled():
-    from minisolo import preset
-    from minisolo.demo import DEMO_OVERRIDES, DEMO_SCALE_RANGES
-
     tiny = preset("tiny").scale_ranges
     doubled = tuple((1 if lo == 1 else 2 * lo, 2 * hi) for lo, hi in tiny)
     assert DEMO_SCALE_RANGES == doubled
