@@ -5,9 +5,9 @@ data keeps the shapes spec and its scale ranges are the tiny preset's doubled.""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
+import torch
 
 from minisolo import preset
 from minisolo.data.shapes import render_shapes_image
@@ -18,6 +18,7 @@ from minisolo.demo import (
     DEMO_SHAPES,
     ensure_shapes,
 )
+from minisolo.targets import masks_to_boxes
 
 
 def _info(root):
@@ -54,10 +55,10 @@ def test_demo_objects_span_at_least_three_levels_of_the_tiny_preset():
         rng = np.random.default_rng(seed)
         _, instances = render_shapes_image(rng, DEMO_IMAGE_SIZE, **DEMO_SHAPES)
         counts.append(len(instances))
-        for inst in instances:
-            ys, xs = np.nonzero(inst.full_mask)
-            sizes.append(math.sqrt((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
-            occluded += int(inst.visible_mask.sum() < inst.full_mask.sum())
+        full = torch.from_numpy(np.stack([inst.full_mask for inst in instances]))
+        x1, y1, x2, y2 = masks_to_boxes(full).unbind(1)
+        sizes += torch.sqrt((x2 - x1) * (y2 - y1)).tolist()  # solo_targets' box size
+        occluded += sum(int(i.visible_mask.sum() < i.full_mask.sum()) for i in instances)
     assert max(counts) <= DEMO_SHAPES["max_objects"]
     assert occluded > 0
     for ranges in (preset("tiny").scale_ranges, DEMO_SCALE_RANGES):
