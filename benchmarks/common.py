@@ -179,7 +179,7 @@ YOLACT_MISSING = "yolact not available"
 def build(kind: str, preset_name: str, **overrides):
     """``(model, config)`` for ``kind``, or ``None`` when that model is not (yet) available."""
     from minisolo import preset
-    from minisolo.solo import build_model
+    from minisolo.models import build_model
 
     try:
         config = preset(preset_name, model=kind, **overrides)

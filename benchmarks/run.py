@@ -485,7 +485,7 @@ def bench_paper_memory(ctx: Context) -> list[dict]:
     """Peak memory of one training step of the paper presets at batch 2 (fp32, SGD momentum):
     measured on CUDA, else computed on fake tensors (see benchmarks/memory.py)."""
     from benchmarks.memory import fake_training_step_memory, solo_fake_loss, surrogate_fake_loss
-    from minisolo.solo import build_model
+    from minisolo.models import build_model
     from minisolo.targets import solo_targets_batch
 
     rows = []
@@ -536,7 +536,7 @@ def bench_paper_memory(ctx: Context) -> list[dict]:
 
 def measured_step_peak(config, size: tuple[int, int], seed: int) -> int:
     """``torch.cuda.max_memory_allocated`` over the second fp32 training step at batch 2."""
-    from minisolo.solo import build_model
+    from minisolo.models import build_model
 
     model = build_model(config).cuda()
     images, targets = random_batch(2, *size, 7, config.num_classes, seed, "cuda")

@@ -172,10 +172,23 @@ class ResNet(nn.Module):
 def load_torchvision_weights(backbone: ResNet, path: str | Path) -> list[str]:
     """Load a torchvision ImageNet ``.pth`` (e.g. ``resnet50-0676ba61.pth``) into ``backbone``.
 
+    ``path`` may also be ``"imagenet"``: torchvision's file for the backbone's depth, from the
+    cache of :mod:`minisolo.weights` (downloaded there once, hash-checked).
     The classifier keys ``fc.weight`` / ``fc.bias`` are dropped. Every other key must match
     exactly; a missing or unexpected key raises a ``ValueError`` naming the file and the keys.
     Returns the list of keys that were ignored.
     """
+    if str(path) == "imagenet":
+        from .weights import resolve_backbone_weights
+
+        width = backbone.conv1.out_channels
+        if width != 64:  # say so before downloading ~100 MB that cannot fit
+            raise ValueError(
+                f"ImageNet weights are for full-width ResNets (64 stem channels); this "
+                f"ResNet-{backbone.depth} has {width} (the tiny presets): use a paper preset "
+                "or backbone_width=64"
+            )
+        path = resolve_backbone_weights(path, backbone.depth)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")

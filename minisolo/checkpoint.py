@@ -1,13 +1,17 @@
 """Checkpoints that survive interruptions: atomic writes and safe (``weights_only``) loading.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(..., weights_only=True)``: loading never runs code from the file.
+``torch.load(..., weights_only=True)``: loading never runs code from the file. Every write goes
+through a temporary file and a rename, so a crash, Ctrl-C or ``kill -9`` at any moment leaves
+either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,62 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def copy_atomic(source: str | Path, destination: str | Path) -> Path:
+    """Make ``destination`` a copy of ``source``, atomically: a hard link where the file system
+    allows one (no second write of the data), else a copy; either way under a temporary name
+    first, then renamed over ``destination``."""
+    source, destination = Path(source), Path(destination)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:  # no hard links here (some network or FAT file systems)
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return destination
+
+
+def remove_oldest(folder: str | Path, pattern: str, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest files matching ``pattern`` in ``folder``, newest by
+    the number in the name (``iter_000500.pt``); returns the deleted paths."""
+
+    def number(path: Path) -> int:
+        digits = re.findall(r"\d+", path.stem)
+        return int(digits[-1]) if digits else -1
+
+    found = sorted(Path(folder).glob(pattern), key=number)
+    removed = found[: max(len(found) - keep, 0)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written there: an error now, in
+    one line, rather than at the first checkpoint an hour into training."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(
+            f"cannot write to the output folder {folder}: it is a file; choose another --out"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CheckpointError(
+            f"cannot write to the output folder {folder} ({reason}): choose another --out, or "
+            "make it writable"
+        ) from error
+    return folder
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -54,6 +54,7 @@ def ensure_shapes(
     num_val: int,
     seed: int = 0,
     image_size: int = 256,
+    progress: bool = True,
     **shape_options,
 ) -> Path:
     """Generate the shapes dataset unless the same one (same options) is already there."""
@@ -76,6 +77,7 @@ def ensure_shapes(
         num_val=num_val,
         image_size=image_size,
         seed=seed,
+        progress=progress,
         **shape_options,
     )
     return data_dir
@@ -132,11 +134,50 @@ def run_demo(
 ) -> dict:
     """Run the demo and return a summary (metrics, seconds, written files).
 
-    ``iterations`` (default ``DEMO_ITERATIONS``) or ``epochs`` set the training length; fast
-    mode (``MINISOLO_FAST=1``) trains one epoch on 24 images.
+    With the default options the model comes from the train-once cache
+    (``minisolo.pretrained("solo")``): trained with the demo's recipe on first use, loaded
+    afterwards. ``iterations`` (default ``DEMO_ITERATIONS``), ``epochs``, ``num_train`` or
+    ``seed`` train a fresh model into ``out_dir/run`` instead. Fast mode (``MINISOLO_FAST=1``)
+    uses the fast recipes (a few iterations on 16 images).
     """
+    if iterations is None and epochs is None and num_train is None and seed == 0:
+        return _run_cached_demo(Path(out_dir), device, progress)
+    return _run_live_demo(Path(out_dir), device, iterations, epochs, num_train, seed, progress)
+
+
+def _run_cached_demo(out_dir: Path, device: str, progress: bool) -> dict:
+    from . import model_cache
+    from .engine import load_checkpoint
+
     started = time.perf_counter()
-    out_dir = Path(out_dir)
+    folder = model_cache.build(DEMO_MODEL, device=device, progress=progress)
+    info = model_cache.load_info(folder)
+    model = load_checkpoint(folder / "model.pt", device)
+    data_dir = model_cache.demo_data(progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "checkpoint": folder / "model.pt",
+        "metrics": out_dir / "metrics.json",
+        "loss_curve": out_dir / "loss.png",
+        "predictions": prediction_grid(model, data_dir, out_dir / "predictions.png"),
+    }
+    files["metrics"].write_text(json.dumps(info["metrics"], indent=2))
+    shutil.copyfile(folder / "loss.png", files["loss_curve"])
+    summary = {
+        "metrics": info["metrics"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": info["train_seconds"],
+        "device": str(pick_device(device)),
+        "model": info["model"],
+        "iterations": info["iterations"],
+        "num_train": info["data"]["num_train"],
+        "cached_model": model_cache.describe(info),
+    }
+    return _write_summary(summary, files, out_dir)
+
+
+def _run_live_demo(out_dir, device, iterations, epochs, num_train, seed, progress) -> dict:
+    started = time.perf_counter()
     fast = is_fast_mode()
     num_train = num_train or (24 if fast else DEMO_NUM_TRAIN)
     num_val = 8 if fast else DEMO_NUM_VAL
@@ -172,9 +213,12 @@ def run_demo(
         "model": result.config.model,
         "iterations": result.history[-1]["iteration"] if result.history else 0,
         "num_train": num_train,
-        "files": {k: str(v) for k, v in files.items()},
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return _write_summary(summary, files, out_dir)
+
+
+def _write_summary(summary: dict, files: dict, out_dir: Path) -> dict:
     files["summary"] = out_dir / "summary.json"
     summary["files"] = {k: str(v) for k, v in files.items()}
+    files["summary"].write_text(json.dumps(summary, indent=2))
     return summary

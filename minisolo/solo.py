@@ -13,12 +13,14 @@ For every FPN level the head has two branches on the same features:
 Decoupled SOLO (paper Sec. 3.5, Fig. 4) replaces the S^2 channels by two sets of S: an X
 branch (columns, sees only the x coordinate) and a Y branch (rows, only y); the mask of cell
 (i, j) is ``sigmoid(Y_i) * sigmoid(X_j)``.
+
+What SOLOv2 shares with SOLO (the head inputs, the category branch, the inference recipe) lives
+in :mod:`minisolo.grid_head`; this module holds only what is SOLO's own: the mask branches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,55 +29,19 @@ from torch import nn
 
 from .backbone import FPN, ResNet
 from .config import SOLOConfig
+from .grid_head import (
+    CategoryBranch,
+    grid_candidates,
+    head_inputs,
+    init_head_convs,
+    masks_at_original_size,
+    prior_bias,  # noqa: F401 (re-exported: minisolo.solo.prior_bias)
+    suppress_duplicates,
+)
+from .inference import forward_for_inference
 from .layers import conv_gn_relu_tower, coord_features
 from .losses import solo_category_loss, solo_mask_loss
-from .nms import mask_nms, matrix_nms, points_nms
 from .targets import solo_targets_batch
-
-
-def head_inputs(fpn_features: list[torch.Tensor]) -> list[torch.Tensor]:
-    """P2..P6 -> the five head inputs at strides 8, 8, 16, 32, 32 (official ``split_feats``):
-    P2 is downsampled x0.5 and P6 is resized to P5's size."""
-    p2, p3, p4, p5, p6 = fpn_features
-    return [
-        F.interpolate(p2, scale_factor=0.5, mode="bilinear", align_corners=False),
-        p3,
-        p4,
-        p5,
-        F.interpolate(p6, size=p5.shape[-2:], mode="bilinear", align_corners=False),
-    ]
-
-
-def _init_head_convs(module: nn.Module) -> None:
-    """Official initialisation: normal(std=0.01) for every head convolution."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, std=0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def prior_bias(prior_probability: float = 0.01) -> float:
-    """Bias that makes ``sigmoid(bias) = prior_probability`` (focal loss paper, Sec. 4.1)."""
-    return -math.log((1 - prior_probability) / prior_probability)
-
-
-class CategoryBranch(nn.Module):
-    """Features -> bilinear resize to S x S -> tower -> 3x3 conv to C class logits."""
-
-    def __init__(self, config: SOLOConfig) -> None:
-        super().__init__()
-        c = config.head_channels
-        self.tower = conv_gn_relu_tower(
-            config.fpn_channels, c, config.stacked_convs, config.num_groups
-        )
-        self.classifier = nn.Conv2d(c, config.num_classes, 3, padding=1)
-        _init_head_convs(self)
-        nn.init.constant_(self.classifier.bias, prior_bias(0.01))
-
-    def forward(self, features: torch.Tensor, grid: int) -> torch.Tensor:
-        x = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
-        return self.classifier(self.tower(x))
 
 
 class SOLOHead(nn.Module):
@@ -91,8 +57,8 @@ class SOLOHead(nn.Module):
             config.fpn_channels + 2, c, config.stacked_convs, config.num_groups
         )
         self.mask_outputs = nn.ModuleList(nn.Conv2d(c, s * s, 1) for s in self.grids)
-        _init_head_convs(self.mask_tower)
-        _init_head_convs(self.mask_outputs)
+        init_head_convs(self.mask_tower)
+        init_head_convs(self.mask_outputs)
 
     def forward(
         self, features: list[torch.Tensor], full_masks: bool = True
@@ -188,9 +154,9 @@ class DecoupledSOLOHead(nn.Module):
         self.mask_outputs_x = nn.ModuleList(nn.Conv2d(c, s, 3, padding=1) for s in self.grids)
         self.mask_outputs_y = nn.ModuleList(nn.Conv2d(c, s, 3, padding=1) for s in self.grids)
         for module in (self.mask_tower_x, self.mask_tower_y):
-            _init_head_convs(module)
+            init_head_convs(module)
         for module in (self.mask_outputs_x, self.mask_outputs_y):
-            _init_head_convs(module)
+            init_head_convs(module)
 
     def forward(
         self, features: list[torch.Tensor], full_masks: bool = True
@@ -224,32 +190,15 @@ class DecoupledSOLOHead(nn.Module):
         return y * x
 
 
-def forward_for_inference(
-    model: nn.Module,
-    images: torch.Tensor,
-    image_sizes: Sequence[tuple[int, int]] | None = None,
-    original_sizes: Sequence[tuple[int, int]] | None = None,
-) -> tuple[dict, list[tuple[int, int]], list[tuple[int, int]]]:
-    """Run ``model`` once in eval mode (restoring its mode after) and fill in the default
-    sizes: ``image_sizes`` = the padded input size, ``original_sizes`` = ``image_sizes``."""
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = model(images)
-    finally:
-        model.train(was_training)
-    batch, _, height, width = images.shape
-    image_sizes = list(image_sizes or [(height, width)] * batch)
-    original_sizes = list(original_sizes or image_sizes)
-    return outputs, image_sizes, original_sizes
-
-
 class SOLO(nn.Module):
     """SOLO: ResNet + FPN + SOLO head. ``forward`` returns raw logits per level;
     ``loss(outputs, targets)`` and ``predict(images)`` implement training and inference."""
 
     head_class: type[nn.Module] = SOLOHead
     model_kind = "solo"
+    # what the training loop passes to forward: the loss needs only the positive cells' mask
+    # channels, so training skips the other S^2 - P (see SOLOHead.forward)
+    train_forward_kwargs: dict = {"full_masks": False}
 
     def __init__(self, config: SOLOConfig) -> None:
         super().__init__()
@@ -363,63 +312,18 @@ class SOLO(nn.Module):
         ]
 
     def candidates(self, outputs: dict, image: int) -> dict[str, torch.Tensor]:
-        """Steps 1-4 of the official inference: points NMS, score > 0.1, binary masks at
-        stride 4, the small-mask filter and maskness rescoring. Nothing is suppressed yet."""
-        cfg = self.config
-        device = outputs["category"][0].device
+        """Steps 1-4 of the official inference (:func:`minisolo.grid_head.grid_candidates`):
+        points NMS, score > 0.1, binary masks at stride 4, the small-mask filter and maskness
+        rescoring. Nothing is suppressed yet."""
         mask_size = self._mask_size(outputs)
-        scores_all, labels_all, probs_all, strides_all, cells_all, levels_all = (
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-        )
-        for level, logits in enumerate(outputs["category"]):
-            heat = points_nms(torch.sigmoid(logits[image : image + 1].float()))[0]  # [C, S, S]
-            label, row, col = (heat > cfg.score_threshold).nonzero(as_tuple=True)
-            if label.numel() == 0:
-                continue
-            probs = self.head.cell_mask_probs(outputs, level, image, row, col).float()
+
+        def cell_mask_probs(level: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            probs = self.head.cell_mask_probs(outputs, level, image, rows, cols).float()
             # all levels are compared at the stride-4 size of level 0 (official eval path)
             probs = F.interpolate(probs[None], size=mask_size, mode="bilinear", align_corners=False)
-            grid = cfg.grids[level]
-            scores_all.append(heat[label, row, col])
-            labels_all.append(label)
-            probs_all.append(probs[0])
-            strides_all.append(torch.full_like(label, cfg.strides[level], dtype=torch.float32))
-            cells_all.append(row * grid + col)
-            levels_all.append(torch.full_like(label, level))
-        if not scores_all:
-            empty = torch.zeros(0, device=device)
-            return {
-                "scores": empty,
-                "labels": empty.long(),
-                "probs": torch.zeros((0, *mask_size), device=device),
-                "masks": torch.zeros((0, *mask_size), dtype=torch.bool, device=device),
-                "cells": empty.long(),
-                "levels": empty.long(),
-            }
-        scores = torch.cat(scores_all)
-        labels = torch.cat(labels_all)
-        probs = torch.cat(probs_all)
-        strides = torch.cat(strides_all)
-        masks = probs > cfg.mask_threshold
-        areas = masks.sum(dim=(1, 2)).float()
-        keep = areas > strides  # drop masks no larger than the level's stride (in mask pixels)
-        masks, probs, areas = masks[keep], probs[keep], areas[keep]
-        # maskness: the mean probability inside the binary mask rescales the class score
-        maskness = (probs * masks).sum(dim=(1, 2)) / areas
-        return {
-            "scores": scores[keep] * maskness,
-            "labels": labels[keep],
-            "probs": probs,
-            "masks": masks,
-            "areas": areas,
-            "cells": torch.cat(cells_all)[keep],
-            "levels": torch.cat(levels_all)[keep],
-        }
+            return probs[0]
+
+        return grid_candidates(outputs["category"], image, self.config, cell_mask_probs, mask_size)
 
     def post_process(
         self,
@@ -428,37 +332,14 @@ class SOLO(nn.Module):
         image_size: tuple[int, int],
         original_size: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
-        """The official inference recipe for image ``image`` of a batch's ``outputs``."""
-        cfg = self.config
-        found = self.candidates(outputs, image)
-        order = torch.argsort(found["scores"], descending=True)[: cfg.nms_pre]
-        found = {k: v[order] for k, v in found.items()}
-        if cfg.nms == "matrix":
-            scores = matrix_nms(
-                found["masks"],
-                found["labels"],
-                found["scores"],
-                kernel=cfg.nms_kernel,
-                sigma=cfg.nms_sigma,
-                mask_areas=found.get("areas"),
-            )
-            keep = scores >= cfg.update_threshold
-        else:
-            keep_index = mask_nms(
-                found["masks"], found["labels"], found["scores"], cfg.mask_nms_iou
-            )
-            scores = found["scores"]
-            keep = torch.zeros_like(scores, dtype=torch.bool)
-            keep[keep_index] = True
-        scores = scores[keep]
-        order = torch.argsort(scores, descending=True)[: cfg.max_per_image]
-        scores = scores[order]
-        labels = found["labels"][keep][order]
-        probs = found["probs"][keep][order]
+        """The official inference recipe for image ``image`` of a batch's ``outputs``:
+        :meth:`candidates`, then Matrix NMS and the top 100
+        (:func:`minisolo.grid_head.suppress_duplicates`), masks at the original size."""
+        kept = suppress_duplicates(self.candidates(outputs, image), self.config)
         return {
-            "masks": self._to_original(probs, outputs, image_size, original_size),
-            "labels": labels,
-            "scores": scores,
+            "masks": self._to_original(kept["probs"], outputs, image_size, original_size),
+            "labels": kept["labels"],
+            "scores": kept["scores"],
         }
 
     def _mask_size(self, outputs: dict) -> tuple[int, int]:
@@ -473,16 +354,7 @@ class SOLO(nn.Module):
         original_size: tuple[int, int],
     ) -> torch.Tensor:
         """Stride-4 mask probabilities -> padded input size -> crop -> original size -> > 0.5."""
-        h, w = self._mask_size(outputs)
-        if probs.shape[0] == 0:
-            return torch.zeros((0, *original_size), dtype=torch.bool, device=probs.device)
-        full = F.interpolate(probs[None], size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-        full = full[:, :, : image_size[0], : image_size[1]]
-        if tuple(original_size) != tuple(image_size):  # the image was resized: undo it
-            full = F.interpolate(
-                full, size=tuple(original_size), mode="bilinear", align_corners=False
-            )
-        return full[0] > self.config.mask_threshold
+        return masks_at_original_size(probs, image_size, original_size, self.config.mask_threshold)
 
 
 class DecoupledSOLO(SOLO):
@@ -490,16 +362,3 @@ class DecoupledSOLO(SOLO):
 
     head_class = DecoupledSOLOHead
     model_kind = "decoupled_solo"
-
-
-def build_model(config) -> nn.Module:
-    """The model a config describes (``config.model``: solo, decoupled_solo or yolact)."""
-    if config.model == "solo":
-        return SOLO(config)
-    if config.model == "decoupled_solo":
-        return DecoupledSOLO(config)
-    if config.model == "yolact":
-        from .yolact import YOLACT
-
-        return YOLACT(config)
-    raise ValueError(f"unknown model kind {config.model!r}")

@@ -40,7 +40,7 @@ class LevelTargets:
         positive_index: ``Long[P]`` flat index ``k = i * S + j`` of each positive cell,
             ascending (for a batch: ``b * S * S + k``).
         masks: ``Bool[P, h, w]`` the mask target of each positive cell at the level's mask
-            resolution (input size / (stride / 2)).
+            resolution (input size / (stride / 2), or / ``mask_stride`` when given).
         instance: ``Long[P]`` which ground-truth object each positive cell came from.
     """
 
@@ -263,6 +263,7 @@ def solo_targets(
     sigma: float = 0.2,
     boxes: torch.Tensor | None = None,
     min_mask_area: int = 10,
+    mask_stride: int | None = None,
 ) -> list[LevelTargets]:
     """SOLO targets of one image, one :class:`LevelTargets` per FPN level.
 
@@ -275,7 +276,10 @@ def solo_targets(
         strides: head-input stride per level; masks are predicted at ``stride / 2``.
         sigma: the centre-region scale (paper: epsilon = 0.2).
         boxes: ``[N, 4]`` x1, y1, x2, y2 in pixels; default the masks' tight boxes.
-        min_mask_area: masks with fewer pixels assign nothing (official: 10).
+        min_mask_area: masks with fewer pixels assign nothing (official SOLO: 10).
+        mask_stride: the stride of every level's mask targets; default ``stride / 2`` per
+            level (SOLO). SOLOv2 predicts every level's masks from one stride-4 feature map,
+            so it asks for ``mask_stride=4``.
     """
     _check_inputs(masks, labels, num_classes, grids, scale_ranges, strides, boxes)
     masks = masks.bool()
@@ -320,7 +324,8 @@ def solo_targets(
 
     # Mask targets of the objects that own a positive cell, resized once per mask size
     # (levels with the same stride share it).
-    mask_sizes = [(round(height / (s / 2)), round(width / (s / 2))) for s in strides]
+    mask_strides = [s / 2 if mask_stride is None else mask_stride for s in strides]
+    mask_sizes = [(round(height / s), round(width / s)) for s in mask_strides]
     level_masks: list[torch.Tensor] = [torch.empty(0)] * len(levels)
     slot = torch.full((masks.shape[0],), -1, dtype=torch.long, device=device)
     for size in dict.fromkeys(mask_sizes):  # distinct sizes, in level order

@@ -84,6 +84,7 @@ class SoloFigure(Figure):
     def __init__(self, *args, photo: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.photo = photo
+        _register_with_ipython()
 
     def _render(self, fmt: str, **kwargs) -> bytes:
         buffer = io.BytesIO()
@@ -95,6 +96,25 @@ class SoloFigure(Figure):
 
     def _repr_jpeg_(self) -> bytes | None:
         return self._render("jpeg", pil_kwargs={"quality": 88}) if self.photo else None
+
+
+def _register_with_ipython() -> None:
+    """Make Jupyter show a SoloFigure once, in its own format.
+
+    matplotlib's inline backend registers a PNG printer for every ``Figure``; without this a
+    photo figure would be stored twice in the notebook (its JPEG and the backend's PNG). A
+    printer registered for the exact class wins over the one for ``Figure``, and a printer
+    that returns ``None`` adds nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    formatters = shell.display_formatter.formatters
+    formatters["image/png"].for_type(SoloFigure, SoloFigure._repr_png_)
+    formatters["image/jpeg"].for_type(SoloFigure, SoloFigure._repr_jpeg_)
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,6 +208,82 @@ def _text_color(rgb) -> str:
 def _clean_axes(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _renderer_of(fig):
+    """A renderer for ``fig`` after a full draw (so that every panel has its final place).
+    Figures made without pyplot get an Agg canvas for this."""
+    canvas = fig.canvas
+    if not hasattr(canvas, "get_renderer"):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def place_labels(
+    ax,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    texts: Sequence[str],
+    colours: Sequence,
+    fontsize: float = 7,
+    text_color: str | None = "white",
+    alpha: float = 0.8,
+) -> list:
+    """Write ``texts[n]`` at ``(xs[n], ys[n])`` (data coordinates) in a box of ``colours[n]``,
+    moving a label a little away from its point, with a thin leader line, where it would cover
+    a label written before it: the first free spot inside the panel wins (labels keep their
+    order of priority). ``text_color=None`` picks black or white for each box's colour.
+
+    Call it once the figure's layout is final (after ``tight_layout``): labels are placed in
+    screen space. Returns the label artists (``Annotation`` objects), in the order given."""
+    from matplotlib.text import Text
+
+    renderer = _renderer_of(ax.figure)
+    steps = [(0, 0)] + [
+        (45 * r * dx, 20 * r * dy)  # in points: about one label width / height per step
+        for r in (1, 2, 3)
+        for dx, dy in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, 1), (1, -1), (-1, -1))
+    ]
+
+    def write(x, y, text, colour, dx, dy):
+        label = ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            color=_text_color(to_rgb(colour)) if text_color is None else text_color,
+            fontsize=fontsize,
+            zorder=4,
+            bbox=dict(facecolor=colour, alpha=alpha, lw=0, pad=1),
+        )
+        label.update_positions(renderer)  # places the text, so that it can be measured
+        return label
+
+    placed, labels = [], []
+    for x, y, text, colour in zip(xs, ys, texts, colours, strict=True):
+        x, y = float(x), float(y)
+        for dx, dy in steps:
+            label = write(x, y, text, colour, dx, dy)
+            box = Text.get_window_extent(label, renderer).padded(2)
+            inside = ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:  # no free spot: back on the point itself
+            dx, dy = 0, 0
+            label = write(x, y, text, colour, dx, dy)
+            box = Text.get_window_extent(label, renderer).padded(2)
+        placed.append(box)
+        labels.append(label)
+        if (dx, dy) != (0, 0):  # a leader line from the point to its label, under all labels
+            line = dict(arrowstyle="-", color=colour, lw=1)
+            ax.annotate("", (x, y), xytext=(dx, dy), textcoords="offset points", arrowprops=line)
+    return labels
 
 
 # ------------------------------------------------------------------------------------------
@@ -329,9 +425,16 @@ def save_instances(
     return path
 
 
-def _match_to_gt(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def _match_to_gt(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    gt_labels=None,
+    pred_labels=None,
+    threshold: float = 0.5,
+) -> np.ndarray:
     """For each predicted mask the index of the GT mask with the highest IoU (>= threshold),
-    greedily in prediction order (highest score first), else -1."""
+    greedily in prediction order (highest score first), else -1. With labels, as COCOeval,
+    a prediction can only match a GT object of its own class."""
     match = np.full(pred.shape[0], -1)
     if gt.shape[0] == 0 or pred.shape[0] == 0:
         return match
@@ -340,6 +443,9 @@ def _match_to_gt(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> np
     inter = p @ g.T
     union = p.sum(1, keepdims=True) + g.sum(1)[None] - inter
     iou = inter / np.maximum(union, 1)
+    if gt_labels is not None and pred_labels is not None:
+        same = _numpy(pred_labels).reshape(-1, 1) == _numpy(gt_labels).reshape(1, -1)
+        iou = np.where(same, iou, 0.0)
     taken = set()
     for k in range(p.shape[0]):
         for g_idx in np.argsort(-iou[k]):
@@ -350,6 +456,11 @@ def _match_to_gt(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> np
                 match[k] = g_idx
                 break
     return match
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 object``, ``2 objects``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def compare_prediction(
@@ -365,8 +476,9 @@ def compare_prediction(
 ) -> Figure:
     """Ground truth (left) beside the prediction (right).
 
-    A prediction that overlaps a ground-truth object with IoU >= 0.5 gets that object's
-    colour; unmatched predictions (false positives) are drawn in the later palette colours.
+    A prediction that overlaps a ground-truth object **of its class** with IoU >= 0.5 (the
+    match COCOeval makes) gets that object's colour; unmatched predictions (false positives:
+    wrong place, too loose, or wrong class) are drawn in the later palette colours.
     Predictions scoring below ``score_threshold`` are left out.
     """
     img = as_image(image)
@@ -379,13 +491,19 @@ def compare_prediction(
         keep = scores >= score_threshold
         pred, scores = pred[keep], scores[keep]
         labels = labels[keep] if labels is not None else None
-    match = _match_to_gt(gt, pred)
+    match = _match_to_gt(gt, pred, gt_labels, labels)
     spare = iter(range(gt.shape[0], gt.shape[0] + 10_000))
     colors = [instance_color(g) if g >= 0 else instance_color(next(spare)) for g in match]
     fig = SoloFigure(figsize=(11, 5.8), layout="constrained", photo=True)
     ax_gt, ax_pred = fig.subplots(1, 2)
     draw_instances(
-        ax_gt, img, gt, gt_labels, None, class_names, title=f"ground truth: {gt.shape[0]} objects"
+        ax_gt,
+        img,
+        gt,
+        gt_labels,
+        None,
+        class_names,
+        title=f"ground truth: {_count(gt.shape[0], 'object')}",
     )
     matched = int((match >= 0).sum())
     draw_instances(
@@ -396,7 +514,8 @@ def compare_prediction(
         scores,
         class_names,
         colors=colors,
-        title=f"prediction: {pred.shape[0]} instances, {matched} match a GT (IoU≥0.5)",
+        title=f"prediction: {_count(pred.shape[0], 'instance')}, "
+        f"{matched} match a GT of their class (IoU≥0.5)",
     )
     if title:
         fig.suptitle(title, fontsize=13)
@@ -835,6 +954,7 @@ __all__ = [
     "instance_color",
     "mask_mosaic",
     "owner_map",
+    "place_labels",
     "plot_category_heatmap",
     "plot_decoupled",
     "plot_level_assignment",

@@ -1,19 +1,23 @@
 """Interactive explorers (ipywidgets) for SOLO's grid: click a cell, see what it predicts.
 
-:class:`GridExplorer` runs a model once on one image and lets you walk over its S x S grids:
+:class:`GridExplorer` is the view; the questions it asks of the model (a cell's mask, its class
+scores, the object it is positive for, the candidates before and after NMS) are answered by
+:class:`minisolo.grid_cells.GridCells`, which needs no widgets. The explorer runs a model once
+on one image and lets you walk over its S x S grids:
 
 * pick an FPN level, then a grid cell, by clicking the grid of small buttons (coloured by the
   cell's category score) or with the row/column sliders;
 * see the image with the cell highlighted, the cell's mask (mask channel ``k = i * S + j``
-  after the sigmoid; for Decoupled SOLO ``sigmoid(Y_i) * sigmoid(X_j)``), the cell's class
+  after the sigmoid; for Decoupled SOLO ``sigmoid(Y_i) * sigmoid(X_j)``; for SOLOv2
+  ``sigmoid(kernel_k * F)``), the cell's class
   scores and the level's category heat map;
 * with ground-truth targets, whether the cell is positive and for which object;
 * a second tab shows the candidates before NMS and the predictions after Matrix NMS.
 
-Every picture is a matplotlib figure rendered to PNG into an ``ipywidgets.Image``: it works
-in JupyterLab, Notebook 7 and VS Code without any extra frontend extension. The model runs
-once, at construction; a selection only slices the cached outputs and draws (well under a
-second on a CPU for the tiny model).
+Every picture is a matplotlib figure (drawn with :mod:`minisolo.viz` where it has the piece)
+rendered to PNG into an ``ipywidgets.Image``: it works in JupyterLab, Notebook 7 and VS Code
+without any extra frontend extension. The model runs once, at construction; a selection only
+slices the cached outputs and draws (well under a second on a CPU for the tiny model).
 
 Example::
 
@@ -34,7 +38,6 @@ from functools import partial
 import ipywidgets as widgets
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
@@ -42,7 +45,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from . import viz
-from .targets import solo_targets
+from .grid_cells import GridCells, decoupled_factors
 
 #: Number of colour steps of the grid buttons (one CSS class per step).
 _COLOR_STEPS = 20
@@ -94,21 +97,17 @@ def _png(fig: Figure, dpi: int = _DPI) -> bytes:
     return buffer.getvalue()
 
 
-def _pad_to_32(x: torch.Tensor, value: float | bool = 0) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % 32, (-w) % 32
-    if ph == 0 and pw == 0:
-        return x
-    if x.dtype == torch.bool:
-        return F.pad(x.to(torch.uint8), (0, pw, 0, ph), value=int(value)).bool()
-    return F.pad(x, (0, pw, 0, ph), value=float(value))
+#: How the header names each model kind (others show their class name).
+_KIND_NAMES = {"solo": "SOLO", "decoupled_solo": "Decoupled SOLO", "solov2": "SOLOv2"}
 
 
 class GridExplorer:
-    """Explore what each grid cell of a SOLO / Decoupled SOLO model predicts on one image.
+    """Explore what each grid cell of a SOLO / Decoupled SOLO / SOLOv2 model predicts on one
+    image.
 
     Args:
-        model: a :class:`minisolo.SOLO` or :class:`minisolo.DecoupledSOLO`.
+        model: a :class:`minisolo.SOLO`, :class:`minisolo.DecoupledSOLO` or
+            :class:`minisolo.SOLOv2`.
         image: a normalised float ``[3, H, W]`` tensor (padded here to multiples of 32 if
             needed), or an ``(image, target)`` pair from :class:`minisolo.data.CocoInstances`.
         targets: optional dict with ``masks`` (bool ``[N, H, W]``) and ``labels`` (``[N]``);
@@ -118,6 +117,8 @@ class GridExplorer:
 
     Attributes:
         widget: the ipywidgets app (display it, or display the explorer itself).
+        cells: the :class:`minisolo.grid_cells.GridCells` that answers every query; its data
+            (``outputs``, ``targets``, ``owners``, ``grids``, ...) is also reachable here.
         outputs: the cached model outputs (on the CPU) of the padded image, batch of one.
         level_targets: the :func:`minisolo.solo_targets` of the image (``None`` without
             targets).
@@ -135,57 +136,28 @@ class GridExplorer:
         level: int | None = None,
         cell: tuple[int, int] | None = None,
     ) -> None:
-        if isinstance(image, tuple | list):
-            image, pair_target = image
-            targets = pair_target if targets is None else targets
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)
-            raise ValueError(f"image must be a float tensor [3, H, W], got {shape}")
-        self.model = model
-        self.config = model.config
-        self.grids = tuple(int(s) for s in self.config.grids)
-        self.image_size = tuple(int(s) for s in image.shape[-2:])  # before padding
-        self.image = _pad_to_32(image.detach().float().cpu())
-        self.padded_size = tuple(int(s) for s in self.image.shape[-2:])
+        # ---- the queries: the model runs once here; everything after only slices its outputs
+        self.cells = GridCells(model, image, targets=targets, class_names=class_names)
+        cells = self.cells
+        # the core's data under the explorer's names (the same objects, nothing is copied)
+        self.model = cells.model
+        self.config = cells.config
+        self.grids = cells.grids
+        self.image = cells.image  # padded to multiples of 32
+        self.image_size = cells.image_size  # before padding
+        self.padded_size = cells.padded_size
+        self.class_names = cells.class_names
+        self.outputs = cells.outputs
+        self.category_probs = cells.category_probs
+        self.model_seconds = cells.model_seconds
+        self.targets = cells.targets
+        self.level_targets = cells.level_targets
+        self.owners = cells.owners
+        self.decoupled = cells.kind == "decoupled_solo"  # four mask panels instead of two
+        self.dynamic = cells.kind == "solov2"  # the mask is kernel_k * F, not a channel
         self.display_image = viz.as_image(self.image)
-        num_classes = int(self.config.num_classes)
-        names = class_names or getattr(self.config, "class_names", ()) or ()
-        self.class_names = list(names) if names else [f"class {c}" for c in range(num_classes)]
-        self.decoupled = False
 
-        # ---- run the model once; everything after this only slices the cached outputs
-        start = time.perf_counter()
-        self.outputs = self._run_model()
-        self.decoupled = "mask_x" in self.outputs
-        self.category_probs = [torch.sigmoid(c[0]).numpy() for c in self.outputs["category"]]
-        self.model_seconds = time.perf_counter() - start
-
-        # ---- ground truth: which cells are positive, per level
-        self.targets = None
-        self.level_targets = None
-        self.owners: list[np.ndarray | None] = [None] * len(self.grids)
-        if targets is not None:
-            masks = _pad_to_32(torch.as_tensor(targets["masks"]).bool().cpu(), False)
-            labels = torch.as_tensor(targets["labels"]).long().cpu()
-            self.targets = {"masks": masks, "labels": labels}
-            self.level_targets = solo_targets(
-                masks,
-                labels,
-                num_classes=num_classes,
-                grids=self.grids,
-                scale_ranges=self.config.scale_ranges,
-                strides=self.config.strides,
-                sigma=self.config.sigma,
-                min_mask_area=getattr(self.config, "min_mask_area", 10),
-            )
-            self.owners = [
-                viz.owner_map(lt, s) for lt, s in zip(self.level_targets, self.grids, strict=True)
-            ]
-
-        self._candidates: dict | None = None  # inference before / after NMS (tab 2), lazily
-        self._predictions: dict | None = None
         self._predictions_drawn = False
-
         self._views: dict[tuple, dict] = {}
         self._grid_boxes: dict[int, widgets.GridBox] = {}
         self._buttons: dict[int, list[widgets.Button]] = {}
@@ -197,28 +169,21 @@ class GridExplorer:
         self._build_widgets()
 
         if level is None or cell is None:
-            level, cell = self._best_cell(level)
+            level, *cell = cells.best_cell(level)
         self.select(level, *cell)
 
     # ------------------------------------------------------------------------------ API
+    # The queries are GridCells'; the explorer keeps their names so code can ask either one.
     @property
     def candidates(self) -> dict:
         """``model.candidates`` of the image: every cell that passes the score threshold,
         before NMS (computed on first use)."""
-        if self._candidates is None:
-            with torch.no_grad():
-                self._candidates = self.model.candidates(self.outputs, 0)
-        return self._candidates
+        return self.cells.candidates
 
     @property
     def predictions(self) -> dict:
         """``model.post_process`` of the image (after Matrix NMS), on the padded canvas."""
-        if self._predictions is None:
-            with torch.no_grad():
-                self._predictions = self.model.post_process(
-                    self.outputs, 0, self.padded_size, self.padded_size
-                )
-        return self._predictions
+        return self.cells.predictions
 
     def show_predictions(self) -> None:
         """Draw the predictions tab (done automatically the first time the tab is opened)."""
@@ -240,46 +205,37 @@ class GridExplorer:
 
     def grid_size(self, level: int) -> int:
         """S of ``level``."""
-        return self.grids[self._check_level(level)]
+        return self.cells.grid_size(level)
 
     def channel_index(self, level: int, i: int, j: int) -> int:
         """The mask channel of cell ``(i, j)``: ``k = i * S + j`` (for Decoupled SOLO the
         same index names the cell; its mask is ``sigmoid(Y_i) * sigmoid(X_j)``)."""
-        s = self.grid_size(level)
-        if not (0 <= i < s and 0 <= j < s):
-            raise ValueError(f"cell ({i}, {j}) is outside the {s} x {s} grid of level {level}")
-        return int(i) * s + int(j)
+        return self.cells.channel_index(level, i, j)
 
     @property
     def selected(self) -> tuple[int, int, int]:
         return (self._level, self._i, self._j)
 
     def cell_mask(self, level: int, i: int, j: int) -> np.ndarray:
-        """Mask probabilities ``[h, w]`` of cell ``(i, j)``, from the package's own
-        ``model.head.cell_mask_probs`` on the cached outputs."""
-        self.channel_index(level, i, j)  # validates
-        rows, cols = torch.tensor([int(i)]), torch.tensor([int(j)])
-        probs = self.model.head.cell_mask_probs(self.outputs, level, 0, rows, cols)
-        return probs[0].numpy()
+        """Mask probabilities ``[h, w]`` of cell ``(i, j)`` (see
+        :meth:`minisolo.grid_cells.GridCells.cell_mask`)."""
+        return self.cells.cell_mask(level, i, j)
 
     def cell_scores(self, level: int, i: int, j: int) -> np.ndarray:
         """Category probabilities ``[C]`` of cell ``(i, j)``."""
-        return self.category_probs[level][:, i, j]
+        return self.cells.cell_scores(level, i, j)
 
     def cell_owner(self, level: int, i: int, j: int) -> int | None:
         """Index of the ground-truth object the cell is assigned to, ``None`` if negative (or
         no targets were given)."""
-        owner = self.owners[level]
-        if owner is None or owner[i, j] < 0:
-            return None
-        return int(owner[i, j])
+        return self.cells.cell_owner(level, i, j)
 
     def select(self, level: int, i: int, j: int) -> np.ndarray:
         """Select cell ``(i, j)`` of ``level``, redraw the views and return the 2-D mask
         probabilities shown for it (at mask resolution)."""
         start = time.perf_counter()
-        level = self._check_level(level)
-        self.channel_index(level, i, j)
+        level = int(level)
+        self.channel_index(level, i, j)  # validates the level and the cell
         previous = getattr(self, "_level", None)
         self._level, self._i, self._j = level, int(i), int(j)
         self._syncing = True
@@ -329,7 +285,7 @@ class GridExplorer:
         canvas.paste(mask, (0, y))
         canvas.paste(scores, (0, y + mask.height))
         level, i, j = self.selected
-        kind = "Decoupled SOLO" if self.decoupled else "SOLO"
+        kind = self._kind_name()
         text = (f"{kind} grid explorer (static snapshot): level {level}, cell ({i}, {j}). "
                 "Run the notebook to click through the cells.")  # fmt: skip
         try:
@@ -352,32 +308,8 @@ class GridExplorer:
 
         display(self._repr_mimebundle_(), raw=True)
 
-    # ------------------------------------------------------------------------------ model
-    def _run_model(self) -> dict:
-        model = self.model
-        was_training = model.training
-        device = next(model.parameters()).device
-        model.eval()
-        try:
-            with torch.no_grad():
-                outputs = model(self.image[None].to(device))
-        finally:
-            model.train(was_training)
-        return {key: [v.detach().float().cpu() for v in values] for key, values in outputs.items()}
-
-    def _check_level(self, level: int) -> int:
-        level = int(level)
-        if not 0 <= level < len(self.grids):
-            raise ValueError(f"level must be in [0, {len(self.grids)}), got {level}")
-        return level
-
-    def _best_cell(self, level: int | None) -> tuple[int, tuple[int, int]]:
-        """The cell with the highest category score (of ``level``, or of all levels)."""
-        levels = range(len(self.grids)) if level is None else [self._check_level(level)]
-        best = max(levels, key=lambda lv: self.category_probs[lv].max())
-        probs = self.category_probs[best].max(axis=0)
-        i, j = np.unravel_index(int(np.argmax(probs)), probs.shape)
-        return best, (int(i), int(j))
+    def _kind_name(self) -> str:
+        return _KIND_NAMES.get(self.cells.kind, type(self.model).__name__)
 
     # ------------------------------------------------------------------------------ widgets
     @staticmethod
@@ -402,11 +334,14 @@ class GridExplorer:
         if tuple(button._dom_classes) != tuple(classes):
             button._dom_classes = tuple(classes)
 
+    def _heat_class_index(self) -> int | None:
+        """The class the "colour by" menu picks (``None``: the maximum over the classes)."""
+        cls = self.heat_class.value
+        return None if cls < 0 else cls
+
     def _heat(self, level: int) -> np.ndarray:
         """The ``[S, S]`` map the grid buttons and the heat map show for ``level``."""
-        probs = self.category_probs[level]
-        cls = self.heat_class.value
-        return probs.max(axis=0) if cls < 0 else probs[cls]
+        return self.cells.heat_map(level, self._heat_class_index())
 
     def _cell_px(self, s: int) -> int:
         return int(min(28, max(8, 336 // s)))
@@ -470,9 +405,11 @@ class GridExplorer:
         s = self.grids[level]
         lo, hi = self.config.scale_ranges[level]
         stride = self.config.strides[level]
-        mask_h, mask_w = self._mask_shape(level)
+        mask_h, mask_w = self.cells.mask_shape(level)
         self.grid_title.value = (
-            f"<b>Level {level}</b>: S = {s} (S² = {s * s} mask channels), head stride {stride},"
+            f"<b>Level {level}</b>: S = {s} (S² = {s * s} "
+            + ("dynamic kernels" if self.dynamic else "mask channels")
+            + f"), head stride {stride},"
             f" masks {mask_h}×{mask_w}, objects with √(wh) in [{lo:g}, {hi:g}] px.<br>"
             "Click a cell. Colour = category score"
             + (
@@ -482,10 +419,6 @@ class GridExplorer:
             )
             + ("; digits = GT object the cell is positive for." if self.targets else ".")
         )
-
-    def _mask_shape(self, level: int) -> tuple[int, int]:
-        key = "mask_x" if self.decoupled else "mask"
-        return tuple(self.outputs[key][level].shape[-2:])
 
     def _build_widgets(self) -> None:
         level_options = [(f"{lv}: S={s}", lv) for lv, s in enumerate(self.grids)]
@@ -601,7 +534,7 @@ class GridExplorer:
         self.tabs = widgets.Tab(children=[cells_tab, predictions_tab])
         self.tabs.titles = ("Grid cells", "Before / after NMS")
         self.tabs.observe(self._on_tab, names="selected_index")
-        kind = "Decoupled SOLO" if self.decoupled else "SOLO"
+        kind = self._kind_name()
         header = widgets.HTML(
             _CSS + f"<h3 style='margin:4px 0'>{kind} grid explorer</h3>"
             f"<div>image {self.image_size[0]}×{self.image_size[1]}"
@@ -650,9 +583,7 @@ class GridExplorer:
             self._render_predictions()
 
     def _on_best(self, _button=None) -> None:
-        heat = self._heat(self._level)
-        i, j = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        self.select(self._level, int(i), int(j))
+        self.select(*self.cells.best_cell(self._level, self._heat_class_index()))
 
     # ------------------------------------------------------------------------------ drawing
     # Each view is one matplotlib figure built once per level (and per "colour by" class for
@@ -846,8 +777,7 @@ class GridExplorer:
             )
         images, titles = view["images"], view["titles"]
         if self.decoupled:
-            px = torch.sigmoid(self.outputs["mask_x"][level][0, j]).numpy()
-            py = torch.sigmoid(self.outputs["mask_y"][level][0, i]).numpy()
+            px, py = (t.numpy() for t in decoupled_factors(self.outputs, level, i, j))
             for image, data in zip(images, (px, py, mask, mask), strict=True):
                 image.set_data(data)
             titles[0].set_text(f"sigmoid(X_j), j = {j}")
@@ -856,6 +786,15 @@ class GridExplorer:
             view["suptitle"].set_text(
                 f"Decoupled SOLO, level {level}: mask of cell ({i}, {j}) = "
                 "sigmoid(Y_i) · sigmoid(X_j)"
+            )
+        elif self.dynamic:
+            for image in images:
+                image.set_data(mask)
+            mh, mw = mask.shape
+            titles[0].set_text(f"sigmoid(kernel_{k} * F), {mh}×{mw}")
+            view["suptitle"].set_text(
+                f"SOLOv2, level {level}, cell ({i}, {j}): kernel k = {i}·{s} + {j} = {k} "
+                "as a 1x1 conv on the mask features F"
             )
         else:
             for image in images:

@@ -34,6 +34,7 @@ from torch import nn
 
 from .backbone import ResNet
 from .config import YOLACTConfig
+from .inference import forward_for_inference
 from .nms import box_iou, fast_nms
 from .targets import masks_to_boxes
 
@@ -496,6 +497,7 @@ class YOLACT(nn.Module):
     """
 
     model_kind = "yolact"
+    train_forward_kwargs: dict = {}  # what the training loop passes to forward (nothing extra)
 
     def __init__(self, config: YOLACTConfig) -> None:
         super().__init__()
@@ -664,8 +666,6 @@ class YOLACT(nn.Module):
         ``original_sizes`` the sizes to return results at (default: ``image_sizes``); with
         YOLACT's squashed 550 x 550 input, ``original_sizes`` undoes the squash.
         """
-        from .solo import forward_for_inference
-
         outputs, image_sizes, original_sizes = forward_for_inference(
             self, images, image_sizes, original_sizes
         )

@@ -24,6 +24,7 @@ from minisolo.data import (
     DownloadError,
     build_coco_subset,
     download_file,
+    read_image_ids,
 )
 
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "coco-mini"
@@ -365,3 +366,102 @@ def test_build_from_local_coco_root(tmp_path):
     assert len(data["images"]) == len({a["image_id"] for a in data["annotations"]})
     with pytest.raises(DataError, match="instances_test2017.json"):
         build_coco_subset(tmp_path / "t", split="test2017", coco_root=root, progress=False)
+
+
+# ---- held-out ids and the record of what was selected ----------------------------------------
+
+
+def _ids(out: Path, split: str = "val2017") -> set[int]:
+    data = json.loads((out / "annotations" / f"instances_{split}.json").read_text())
+    return {im["id"] for im in data["images"]}
+
+
+def test_read_image_ids_formats(tmp_path):
+    text = tmp_path / "ids.txt"
+    text.write_text("# my test set\n139\n\n  285  \n632 # a kitchen\n")
+    assert read_image_ids(text) == [139, 285, 632]
+    listed = tmp_path / "ids.json"
+    listed.write_text("[139, 285]")
+    assert read_image_ids(listed) == [139, 285]
+    record = tmp_path / "subset_val2017.json"
+    record.write_text(json.dumps({"split": "val2017", "image_ids": [7, 8]}))
+    assert read_image_ids(record) == [7, 8]
+    coco_file = tmp_path / "instances_val2017.json"
+    coco_file.write_text(json.dumps({"images": [{"id": 5}, {"id": 6}], "annotations": []}))
+    assert read_image_ids(coco_file) == [5, 6]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("139\nkitchen\n")
+    with pytest.raises(DataError, match="bad.txt: image ids must be integers"):
+        read_image_ids(bad)
+    (tmp_path / "bad.json").write_text('{"id": 3}')
+    with pytest.raises(DataError, match="expected a JSON list"):
+        read_image_ids(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="image-id file not found"):
+        read_image_ids(tmp_path / "missing.txt")
+
+
+def test_exclude_ids_hold_a_test_set_apart_and_the_record(tmp_path):
+    root = _need_coco_mini()
+    local = {"split": "val2017", "coco_root": root, "progress": False}
+    test_set = build_coco_subset(tmp_path / "coco-test", num_images=10, seed=3, **local)
+    record = json.loads((test_set / "subset_val2017.json").read_text())
+    held_out = _ids(test_set)
+    assert record["image_ids"] == sorted(held_out) and record["num_images"] == 10
+    assert record["seed"] == 3 and record["split"] == "val2017"
+    assert record["source"] == {"coco_root": str(root.resolve())}
+    assert len(record["categories"]) == 80 and record["categories"][0] == {
+        "id": 1,
+        "name": "person",
+    }
+    assert record["excluded_ids"] == [] and record["exclude_file"] is None
+    all_candidates = record["num_candidates"]
+
+    # the rest, chosen with the test set's own record as the exclusion file
+    exclusion = test_set / "subset_val2017.json"
+    train = build_coco_subset(
+        tmp_path / "coco-train", num_images=10_000, exclude_ids=exclusion, **local
+    )
+    rest = _ids(train)
+    assert not rest & held_out and len(rest) + len(held_out) == all_candidates
+    record = json.loads((train / "subset_val2017.json").read_text())
+    assert record["exclude_file"] == str(exclusion.resolve())
+    assert record["excluded_ids"] == sorted(held_out) and record["excluded_candidates"] == 10
+    assert record["num_candidates"] == all_candidates - 10
+
+    # a plain list (Python) gives a disjoint pick too; excluding everything is an error
+    picked = build_coco_subset(
+        tmp_path / "coco-list", num_images=5, exclude_ids=sorted(held_out), **local
+    )
+    assert not _ids(picked) & held_out
+    with pytest.raises(DataError, match=r"outside the \d+ excluded ids"):
+        build_coco_subset(tmp_path / "none", exclude_ids=rest | held_out, **local)
+
+
+def test_exclude_ids_from_the_command_line(tmp_path, capsys):
+    from minisolo import cli
+
+    root = _need_coco_mini()
+    first = build_coco_subset(
+        tmp_path / "a", split="val2017", num_images=4, coco_root=root, progress=False
+    )
+    ids_file = tmp_path / "held_out.txt"
+    ids_file.write_text("\n".join(str(i) for i in sorted(_ids(first))) + "\n")
+    argv = ["data", "coco-subset", "--out", str(tmp_path / "b"), "--coco-root", str(root)]
+    assert cli.main([*argv, "--num-images", "6", "--exclude-ids", str(ids_file)]) == 0
+    assert "COCO subset written to" in capsys.readouterr().out
+    assert len(_ids(tmp_path / "b")) == 6 and not _ids(tmp_path / "b") & _ids(first)
+    record = json.loads((tmp_path / "b" / "subset_val2017.json").read_text())
+    assert record["exclude_file"] == str(ids_file.resolve())
+    missing = ["--out", str(tmp_path / "c"), "--exclude-ids", str(tmp_path / "nope.txt")]
+    assert cli.main(["data", "coco-subset", "--coco-root", str(root), *missing]) == 2
+    assert "image-id file not found" in capsys.readouterr().err
+
+
+def test_record_of_a_downloaded_subset(data_server, tmp_path):
+    out = _build(data_server, tmp_path / "sub", num_images=3, exclude_ids=[])
+    record = json.loads((out / "subset_val2017.json").read_text())
+    assert record["source"] == {
+        "base_url": data_server.url,
+        "annotations_md5": _md5(data_server.zip_bytes),
+    }
+    assert record["image_ids"] == sorted(_ids(out)) and record["num_images_requested"] == 3

@@ -1,5 +1,8 @@
 import json
 import math
+import os
+import shutil
+import signal
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from minisolo.engine import (
     coco_metrics,
     learning_rate,
     load_checkpoint,
+    make_optimizer,
     predictions_to_coco,
     train,
 )
@@ -175,3 +179,235 @@ def test_empty_predictions_give_zero_ap(shapes_dir):
     dataset = CocoInstances(shapes_dir, "val")
     metrics = coco_metrics(dataset.coco, [], [dataset[0][1]["image_id"]], verbose=False)
     assert metrics["segm"]["AP"] == 0.0 and metrics["bbox"]["AP"] == 0.0
+
+
+@pytest.mark.parametrize("model", ["solo", "yolact"])
+def test_every_config_field_reaches_the_engine_and_nothing_is_dropped(model, shapes_dir, tmp_path):
+    """Both config classes have an ``optimizer`` field that training honours; an attribute that
+    is not a field cannot even be set (it would be dropped by ``dataclasses.replace``); a value
+    the engine cannot run is an error at once."""
+    small = (
+        {"image_size": 96} if model == "yolact" else dict(image_short_side=96, image_max_size=96)
+    )
+    config = preset("tiny", model=model, optimizer="sgd", batch_size=2, warmup_iters=1, **small)
+    assert isinstance(make_optimizer(config, [torch.nn.Parameter(torch.zeros(1))]), torch.optim.SGD)
+    adamw = preset("tiny", model=model, optimizer="adamw", batch_size=2, warmup_iters=1, **small)
+    result = train(adamw, shapes_dir, tmp_path / "run", max_iters=1, progress=False)
+    saved = ckpt.load(result.checkpoint)
+    assert saved["config"]["optimizer"] == "adamw" and result.config.optimizer == "adamw"
+    assert "exp_avg" in saved["optimizer"]["state"][0]  # AdamW's state, not SGD's momentum
+
+    with pytest.raises(AttributeError):
+        config.optimiser = "adamw"  # a misspelt field is an error, never silently ignored
+    with pytest.raises(ValueError, match="unknown"):
+        preset("tiny", model=model, optimiser="adamw")
+    with pytest.raises(ValueError, match="optimizer"):
+        preset("tiny", model=model, optimizer="adam")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        preset("tiny", model=model, lr_schedule="linear")
+
+
+# ------------------------------------------------------------------ stopping, checkpoints
+STRAIGHT = dict(max_iters=7, progress=False, log_every=1, evaluate_at_end=False, seed=1)
+
+
+@pytest.fixture(scope="module")
+def straight(shapes_dir, tmp_path_factory):
+    """An uninterrupted 7-iteration run that keeps a checkpoint of every iteration (8 images,
+    batch 2: 4 iterations per epoch), the reference the stopped and resumed runs must equal."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    result = train(preset("tiny", **SMALL), shapes_dir, run, checkpoint_every=1, keep=7, **STRAIGHT)
+    return result, run
+
+
+def _model_weights(path):
+    return ckpt.load(path)["model"]
+
+
+def _assert_same_weights(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in actual.items():
+        assert torch.equal(value.cpu(), expected[key].cpu()), key
+
+
+class _Unhandled(Exception):
+    """What the tests' own SIGTERM handler raises: a run that does not handle SIGTERM fails
+    the test with it instead of killing pytest."""
+
+
+@pytest.fixture
+def sigterm_guard():
+    def guard(signum, frame):
+        raise _Unhandled(f"signal {signum} reached the handler outside train()")
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    yield guard
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_stops_after_the_step_and_the_resumed_run_matches_uninterrupted(
+    straight, shapes_dir, tmp_path, sigterm_guard
+):
+    """SIGTERM (like Ctrl-C) lets the step finish, writes last.pt, returns interrupted; the
+    handlers in place before train() are back afterwards; resuming gives the same weights."""
+    config = preset("tiny", **SMALL)
+    sigint_before = signal.getsignal(signal.SIGINT)
+
+    def terminate_at_three(record):
+        if record["iteration"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(config, shapes_dir, tmp_path / "b", callbacks=[terminate_at_three], **STRAIGHT)
+    assert first.interrupted and first.stop_signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is sigterm_guard
+    assert signal.getsignal(signal.SIGINT) is sigint_before
+    state = ckpt.load(tmp_path / "b" / "last.pt")
+    assert state["iteration"] == 3 and (state["epoch"], state["batch_in_epoch"]) == (0, 3)
+    _assert_same_weights(state["model"], _model_weights(straight[1] / "iter_000003.pt"))
+
+    resumed = train(config, shapes_dir, tmp_path / "b", resume=True, **STRAIGHT)
+    assert not resumed.interrupted and resumed.stop_signal is None
+    _assert_same_weights(resumed.model.state_dict(), straight[0].model.state_dict())
+    lines = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == list(range(1, 8))
+
+
+@pytest.mark.parametrize(("where", "kept"), [("forward", 2), ("update", 3)])
+def test_a_second_ctrl_c_abandons_the_step_but_never_half_an_update(
+    where, kept, straight, shapes_dir, tmp_path, monkeypatch
+):
+    """Two SIGINTs in step 3: in its forward pass the step is dropped (last.pt holds the
+    weights of 2 steps; only BatchNorm's running statistics saw the abandoned batch); in its
+    parameter update the update is finished first (last.pt = 3 whole steps). Never the weights
+    of one step with the iteration count of another."""
+    from minisolo.solo import SOLO
+
+    target = (SOLO, "loss") if where == "forward" else (torch.amp.GradScaler, "update")
+    original = getattr(*target)
+    calls = []
+
+    def interrupted_twice(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(*target, interrupted_twice)
+    result = train(preset("tiny", **SMALL), shapes_dir, tmp_path / "run", **STRAIGHT)
+    assert result.interrupted and result.stop_signal == signal.SIGINT
+    state = ckpt.load(tmp_path / "run" / "last.pt")
+    assert state["iteration"] == kept
+    expected = _model_weights(straight[1] / f"iter_{kept:06d}.pt")
+    if where == "forward":  # the abandoned forward pass updated the BatchNorm statistics
+        statistics = [k for k in expected if "running_" in k or "num_batches" in k]
+        assert statistics and any(
+            not torch.equal(state["model"][k], expected[k]) for k in statistics
+        )
+        for key in statistics:
+            del state["model"][key], expected[key]
+    _assert_same_weights(state["model"], expected)
+
+
+def test_a_run_resumed_from_a_periodic_mid_epoch_checkpoint_matches_uninterrupted(
+    straight, shapes_dir, tmp_path
+):
+    """What a kill -9 leaves: the newest periodic checkpoint (here iteration 5, the second
+    epoch's first batch); the run resumed from it ends with the uninterrupted run's weights."""
+    (tmp_path / "run").mkdir()
+    shutil.copyfile(straight[1] / "iter_000005.pt", tmp_path / "run" / "last.pt")
+    state = ckpt.load(tmp_path / "run" / "last.pt")
+    assert (state["iteration"], state["epoch"], state["batch_in_epoch"]) == (5, 1, 1)
+    resumed = train(preset("tiny", **SMALL), shapes_dir, tmp_path / "run", resume=True, **STRAIGHT)
+    _assert_same_weights(resumed.model.state_dict(), straight[0].model.state_dict())
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == list(range(1, 8))
+
+
+def test_checkpoint_every_and_keep_numbered_copies(straight, shapes_dir, tmp_path):
+    """last.pt is always the newest; keep=K leaves the K newest iter_*.pt; the default period
+    is one epoch (4 iterations here)."""
+    config = preset("tiny", **SMALL)
+    kwargs = dict(progress=False, evaluate_at_end=False)
+    train(config, shapes_dir, tmp_path / "a", max_iters=5, checkpoint_every=2, keep=2, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.pt")) == [
+        "iter_000004.pt", "iter_000005.pt", "last.pt",
+    ]  # fmt: skip
+    assert ckpt.load(tmp_path / "a" / "last.pt")["iteration"] == 5
+    _assert_same_weights(
+        _model_weights(tmp_path / "a" / "iter_000005.pt"),
+        _model_weights(tmp_path / "a" / "last.pt"),
+    )
+    train(config, shapes_dir, tmp_path / "b", max_iters=6, keep=5, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "b").glob("iter_*.pt")) == [
+        "iter_000004.pt", "iter_000006.pt",
+    ]  # fmt: skip
+    assert sorted(p.name for p in straight[1].glob("iter_*.pt")) == [
+        f"iter_{i:06d}.pt" for i in range(1, 8)
+    ]
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary files left
+
+
+def test_eval_every_logs_val_ap_keeps_the_best_and_changes_no_weights(
+    straight, shapes_dir, tmp_path
+):
+    config = preset("tiny", **SMALL)
+    kwargs = {**STRAIGHT, "evaluate_at_end": True}
+    result = train(config, shapes_dir, tmp_path / "run", eval_every=3, **kwargs)
+    run = tmp_path / "run"
+    evaluations = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in evaluations] == [3, 6, 7]  # 7: the final evaluation
+    assert evaluations == result.evaluations
+    final = json.loads((run / "metrics.json").read_text())
+    assert evaluations[-1]["segm"] == final["segm"]
+    best_ap = max(e["segm"]["AP"] for e in evaluations)
+    best = ckpt.load(run / "best.pt")
+    assert result.best_checkpoint == run / "best.pt"
+    assert best["metrics"]["segm"]["AP"] == best_ap == best["best_mask_ap"]
+    first_best = next(e for e in evaluations if e["segm"]["AP"] == best_ap)["iteration"]
+    assert best["iteration"] == first_best
+    assert ckpt.load(run / "last.pt")["evaluations"] == evaluations
+    # evaluating does not disturb training: the same weights as the run without evaluations
+    _assert_same_weights(result.model.state_dict(), straight[0].model.state_dict())
+
+
+def test_resume_refuses_what_it_cannot_continue_and_writes_nothing(straight, shapes_dir, tmp_path):
+    config = preset("tiny", **SMALL)
+    with pytest.raises(ckpt.CheckpointError, match="nothing to resume.*--resume"):
+        train(config, shapes_dir, tmp_path / "empty", resume=True, **STRAIGHT)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+    run = tmp_path / "run"
+    shutil.copytree(straight[1], run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    cases = [
+        (dict(config=preset("tiny", **{**SMALL, "lr": 0.5})), "lr=0.002 \\(asked 0.5\\)"),
+        (dict(config=preset("tiny", model="decoupled_solo", **SMALL)), "is a solo checkpoint"),
+        (dict(config=config, batch_size=4), "batch size 2"),
+    ]
+    for changed, message in cases:
+        asked = {"config": config, **changed}
+        with pytest.raises(ckpt.CheckpointError, match=message):
+            train(asked.pop("config"), shapes_dir, run, resume=True, **asked, **STRAIGHT)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_data_without_usable_instances_and_unwritable_output_are_errors(shapes_dir, tmp_path):
+    data = tmp_path / "empty_data"
+    shutil.copytree(shapes_dir, data)
+    annotations = data / "annotations" / "instances_train.json"
+    content = json.loads(annotations.read_text())
+    annotations.write_text(json.dumps({**content, "annotations": []}))
+    from minisolo.data.coco import DataError
+
+    with pytest.raises(DataError, match="no usable instances") as error:
+        train(preset("tiny", **SMALL), data, tmp_path / "run", **STRAIGHT)
+    assert str(annotations) in str(error.value)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for out in (blocker, blocker / "run"):
+        with pytest.raises(ckpt.CheckpointError, match="cannot write to the output folder"):
+            train(preset("tiny", **SMALL), shapes_dir, out, **STRAIGHT)
+    assert blocker.read_text() == "not a folder"

@@ -49,3 +49,20 @@ def test_conv_gn_relu_tower_shapes():
     out = tower(torch.randn(2, 10, 7, 9))
     assert out.shape == (2, 32, 7, 9)
     assert (out >= 0).all()
+
+
+def test_live_tensor_memory_counts_the_peak_by_hand():
+    """Two 4 MB tensors alive at once, one freed before the third, then the 4-byte sum while
+    the second and third are alive: the peak is 8 MB + 4 bytes."""
+    from minisolo.memory import peak_tensor_memory
+
+    def work():
+        first = torch.ones(1000, 1000)
+        second = first * 2
+        del first
+        third = second + 1
+        return third.sum()
+
+    total, peak = peak_tensor_memory(work)
+    assert float(total) == 3e6
+    assert peak == 2 * 1000 * 1000 * 4 + 4

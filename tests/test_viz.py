@@ -276,3 +276,53 @@ def test_tags_of_overlapping_instances_do_not_cover_each_other(scene):
     positions = [text.get_position() for text in ax.texts]
     assert len(positions) == 3
     assert len({round(y) for _, y in positions}) == 3
+
+
+def test_a_photo_figure_is_shown_once_as_jpeg_and_a_plot_once_as_png():
+    """matplotlib's inline backend adds a PNG for every Figure; a SoloFigure of a photo must
+    still be stored only as JPEG (not twice), a plot only as PNG."""
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    shell = InteractiveShell.instance()
+    set_matplotlib_formats("png")  # what the inline backend does in a notebook kernel
+    try:
+        photo, plot = viz.SoloFigure(photo=True), viz.SoloFigure()
+        photo.subplots().imshow(np.random.default_rng(0).random((8, 8, 3)))
+        plot.subplots().plot([0, 1], [1, 0])
+        photo_formats, _ = shell.display_formatter.format(photo)
+        plot_formats, _ = shell.display_formatter.format(plot)
+    finally:
+        InteractiveShell.clear_instance()
+    assert {"image/jpeg"} == {k for k in photo_formats if k.startswith("image/")}
+    assert {"image/png"} == {k for k in plot_formats if k.startswith("image/")}
+
+
+def test_predictions_match_only_ground_truth_of_their_class():
+    """A "star" mask lying exactly on a square is a false positive for COCOeval; the picture
+    must not colour it as a match."""
+    gt = np.zeros((1, 16, 16), bool)
+    gt[0, 4:12, 4:12] = True
+    pred = np.stack([gt[0], gt[0]])  # the same mask twice: a wrong and a right class
+    assert viz._match_to_gt(gt, pred).tolist() == [0, -1]  # without labels: first come wins
+    assert viz._match_to_gt(gt, pred, np.array([1]), np.array([3, 1])).tolist() == [-1, 0]
+    assert viz._match_to_gt(gt, pred, np.array([1]), np.array([3, 2])).tolist() == [-1, -1]
+
+
+def test_place_labels_moves_a_label_off_one_at_the_same_spot():
+    """Two labels for the same point: the second goes elsewhere (inside the panel, with a
+    leader line), so that neither covers the other."""
+    fig = viz.SoloFigure(figsize=(4, 4))
+    ax = fig.subplots()
+    ax.imshow(np.zeros((100, 100, 3)))
+    labels = viz.place_labels(
+        ax, [50, 50], [50, 50], ["first", "second"], ["tab:blue", "tab:orange"], text_color=None
+    )
+    renderer = fig.canvas.get_renderer()
+    first, second = (label.get_window_extent(renderer) for label in labels)
+    assert not first.overlaps(second)
+    assert labels[0].get_text() == "first" and labels[0].xyann == (0, 0)  # the first stays put
+    for box in (first, second):
+        assert ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1)
+    _render(fig)

@@ -16,6 +16,7 @@ import torch
 from minisolo import SOLO, DecoupledSOLO, preset, solo_targets
 
 pytest.importorskip("ipywidgets", reason="the explorer needs ipywidgets (pip install ipywidgets)")
+from minisolo.grid_cells import GridCells  # noqa: E402
 from minisolo.widgets import GridExplorer  # noqa: E402
 
 NAMES = ("circle", "square", "triangle", "star")
@@ -175,6 +176,20 @@ def test_clicks_sliders_and_level_toggle_drive_the_selection(solo_explorer):
             if "minisolo-selected" in b._dom_classes
         ]
         assert marked == [cell]
+
+
+def test_explorer_is_a_view_over_grid_cells(solo_explorer):
+    explorer = solo_explorer[0]
+    cells = explorer.cells
+    assert isinstance(cells, GridCells)
+    assert explorer.outputs is cells.outputs and explorer.owners is cells.owners
+    np.testing.assert_array_equal(explorer.select(2, 3, 4), cells.cell_mask(2, 3, 4))
+    explorer.best_button.click()  # the best cell of the current level and "colour by" class
+    assert explorer.selected == cells.best_cell(2)
+    explorer.heat_class.value = 1
+    explorer.best_button.click()
+    assert explorer.selected == cells.best_cell(2, class_index=1)
+    explorer.heat_class.value = -1
 
 
 def test_selection_is_fast(solo_explorer):

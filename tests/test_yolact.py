@@ -58,6 +58,11 @@ def test_config_presets_and_round_trip():
     )
     tiny = preset("tiny", model="yolact", num_classes=3)
     assert tiny.image_short_side == tiny.image_size == 256
+    # the official pixel anchor scales: the strides of P3..P7 (8..128) do not shrink with the
+    # image, so the anchor side / stride of P3 stays the official 24 / 8 = 3
+    assert tiny.anchor_scales == preset("paper", model="yolact").anchor_scales
+    assert tiny.anchor_scales[0] / 8 == 3
+    assert (tiny.optimizer, tiny.lr_schedule, tiny.grad_clip) == ("adamw", "cosine", None)
     assert config_from_dict(tiny.to_dict()) == tiny
     assert isinstance(build_model(small_config()), YOLACT)
     with pytest.raises(TypeError):
@@ -295,7 +300,7 @@ def test_forward_shapes_priors_follow_the_input_and_loss_parts():
     assert out["coefficients"].shape == (2, num_priors, 4) and out["coefficients"].abs().max() <= 1
     assert out["prototypes"].shape == (2, 4, 32, 24) and out["prototypes"].min() >= 0
     assert out["semantic_logits"].shape == (2, 3, 16, 12)
-    torch.testing.assert_close(out["priors"], prior_boxes((128, 96), (12, 24, 48, 96, 192)))
+    torch.testing.assert_close(out["priors"], prior_boxes((128, 96), (24, 48, 96, 192, 384)))
     assert model(images[:1])["priors"] is out["priors"]  # cached by size
     masks = torch.zeros(2, 128, 96, dtype=torch.bool)
     masks[0, 10:50, 20:60] = masks[1, 60:120, 10:90] = True

@@ -12,6 +12,10 @@ The output is a normal COCO-format folder that :class:`minisolo.data.CocoInstanc
 
     out_dir/annotations/instances_<split>.json
     out_dir/<split>/<file_name>.jpg
+    out_dir/subset_<split>.json      what was selected: image ids, categories, seed, source
+
+``exclude_ids`` keeps chosen images out (a test set held apart: pass its ids, or the other
+subset's ``subset_<split>.json``).
 
 Only the standard library (``urllib``) is used for downloading.
 
@@ -38,7 +42,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -65,13 +69,37 @@ class DownloadError(DataError):
 # --------------------------------------------------------------------------------------------
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex md5 of a file, read in chunks."""
-    h = hashlib.md5()
+def file_hash(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex md5 of a file, read in chunks."""
+    return file_hash(path, "md5", chunk)
+
+
+def _hash_problem(path: Path, md5: str | None, sha256: str | None, name: str) -> str | None:
+    """None if ``path`` has the expected md5 and SHA-256 (either may be None: not checked),
+    else what is wrong, naming the file as ``name``.
+
+    ``sha256`` may be the full 64 hex digits or a prefix of them: torchvision names its files
+    ``resnet18-f37072fd.pth`` after the first 8 hex digits of their SHA-256.
+    """
+    if md5 is not None:
+        got = md5sum(path)
+        if got != md5.lower():
+            return f"md5 mismatch for {name}: expected {md5}, got {got}"
+    if sha256 is not None:
+        got = file_hash(path, "sha256")
+        if not got.startswith(sha256.lower()):
+            expected = sha256 if len(sha256) == 64 else f"a SHA-256 starting with {sha256}"
+            return f"sha256 mismatch for {name}: expected {expected}, got {got}"
+    return None
 
 
 def _range_start(response) -> int:
@@ -96,6 +124,7 @@ def download_file(
     dest: str | Path,
     *,
     md5: str | None = None,
+    sha256: str | None = None,
     retries: int = 3,
     backoff: float = 1.0,
     timeout: float = 60.0,
@@ -108,15 +137,16 @@ def download_file(
     for the rest with an HTTP ``Range: bytes=<have>-`` header and appends (if the server
     ignores the range and answers 200, we start over). An attempt that brings no new bytes
     counts as a failure; after ``retries`` such failures in a row a :class:`DownloadError` is
-    raised and the ``.part`` file is kept for next time. When complete, the md5 is checked
-    (if given): on mismatch the ``.part`` file is deleted (so it is never resumed or mistaken
-    for a good file) and :class:`DownloadError` is raised. Only a verified file is renamed to
-    ``dest``. An existing ``dest`` with the right md5 is reused without downloading.
+    raised and the ``.part`` file is kept for next time. When complete, the checksums are
+    checked (``md5``, and ``sha256``: the full hex digest or a prefix of it, when given): on
+    a mismatch the ``.part`` file is deleted (so it is never resumed or mistaken for a good
+    file) and :class:`DownloadError` is raised. Only a verified file is renamed to ``dest``.
+    An existing ``dest`` with the right checksums is reused without downloading.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if md5 is None or md5sum(dest) == md5:
+        if _hash_problem(dest, md5, sha256, dest.name) is None:
             return dest
         dest.unlink()  # a stale or damaged file: fetch again
     part = dest.with_name(dest.name + ".part")
@@ -176,16 +206,22 @@ def download_file(
             )
         time.sleep(backoff * 2 ** max(failures - 1, 0))
 
-    if md5 is not None:
-        got = md5sum(part)
-        if got != md5:
-            part.unlink()
-            raise DownloadError(
-                f"md5 mismatch for {url}: expected {md5}, got {got}; the downloaded file was "
-                "deleted (a proxy or captive portal may have answered instead of the server)"
-            )
+    problem = _hash_problem(part, md5, sha256, dest.name)
+    if problem is not None:
+        part.unlink()
+        raise DownloadError(
+            f"{problem} (from {url}); the downloaded file was "
+            "deleted (a proxy or captive portal may have answered instead of the server)"
+        )
     os.replace(part, dest)
     return dest
+
+
+def _write_json_atomic(path: Path, data: object, indent: int | None = None) -> None:
+    """Write ``data`` as JSON to ``path`` via a ``.part`` file (never half-written)."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(data, indent=indent), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _rewrite_host(url: str, base_url: str) -> str:
@@ -301,6 +337,39 @@ def _resolve_categories(categories: Sequence[str | int] | None, all_cats: list[d
     return sorted(chosen, key=lambda c: c["id"])
 
 
+def read_image_ids(path: str | Path) -> list[int]:
+    """Image ids from a file, to hold them out of a subset (e.g. a test set kept apart).
+
+    Accepted: a text file with one id per line (blank lines and ``#`` comments are skipped),
+    a JSON list of ids, or a JSON object with ``"image_ids"`` (the ``subset_<split>.json``
+    record a build writes) or ``"images"`` (a COCO annotation file): so a subset's own files
+    can be passed to keep the next subset disjoint from it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image-id file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from err
+        if isinstance(data, dict) and "image_ids" in data:
+            data = data["image_ids"]
+        elif isinstance(data, dict) and "images" in data:
+            data = [im["id"] for im in data["images"]]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of image ids")
+        items = data
+    else:
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+        items = [line for line in lines if line]
+    try:
+        return [int(i) for i in items]
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: image ids must be integers ({err})") from err
+
+
 # --------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------
@@ -323,6 +392,7 @@ def build_coco_subset(
     backoff: float = 1.0,
     timeout: float = 60.0,
     on_error: str = "raise",
+    exclude_ids: Iterable[int] | str | Path | None = None,
 ) -> Path:
     """Write a COCO-format subset of ``split`` to ``out_dir`` and return ``out_dir``.
 
@@ -341,12 +411,21 @@ def build_coco_subset(
         on_error: ``"raise"`` (default): images that still fail after ``retries`` raise
             :class:`DownloadError` listing them (downloaded images are kept, so a re-run only
             fetches the rest); ``"skip"``: leave them out of the subset with a warning.
+        exclude_ids: image ids never to pick (e.g. a test set held apart), or a file of them
+            (see :func:`read_image_ids`; another subset's ``subset_<split>.json`` works).
 
-    The JSON is written last, so its presence means the build finished.
+    What was selected (image ids, categories, seed, source, exclusions) is recorded in
+    ``out_dir/subset_<split>.json``. The annotation JSON is written last, so its presence
+    means the build finished.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     out_dir = Path(out_dir)
+    exclude_file = None
+    if isinstance(exclude_ids, (str, Path)):
+        exclude_file = Path(exclude_ids)
+        exclude_ids = read_image_ids(exclude_file)
+    excluded = {int(i) for i in exclude_ids or ()}
 
     # 1. the full annotation file of the split
     if coco_root is not None:
@@ -363,9 +442,12 @@ def build_coco_subset(
     # 2. choose categories and images
     cats = _resolve_categories(categories, data["categories"])
     cat_ids = {c["id"] for c in cats}
-    candidates = sorted({a["image_id"] for a in data["annotations"] if a["category_id"] in cat_ids})
+    with_cats = {a["image_id"] for a in data["annotations"] if a["category_id"] in cat_ids}
+    candidates = sorted(with_cats - excluded)
     if not candidates:
-        raise DataError(f"no image in {src_json} has an annotation of {[c['name'] for c in cats]}")
+        held_out = f" outside the {len(excluded)} excluded ids" if excluded else ""
+        names = [c["name"] for c in cats]
+        raise DataError(f"no image in {src_json}{held_out} has an annotation of {names}")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(candidates), size=min(num_images, len(candidates)), replace=False)
     chosen = {candidates[i] for i in pick}
@@ -434,9 +516,31 @@ def build_coco_subset(
         ],
         "categories": cats,
     }
-    ann_dir = out_dir / "annotations"
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ann_dir / f"instances_{split}.json.part"
-    tmp.write_text(json.dumps(subset), encoding="utf-8")
-    os.replace(tmp, ann_dir / f"instances_{split}.json")
+    from .. import __version__
+
+    # what was selected and from what, so a subset can be rebuilt or held apart from
+    record = {
+        "split": split,
+        "image_ids": sorted(kept_ids),
+        "num_images": len(kept_ids),
+        "num_images_requested": num_images,
+        "categories": [{"id": c["id"], "name": c["name"]} for c in cats],
+        "seed": seed,
+        "source": (
+            {"coco_root": str(Path(coco_root).resolve())}
+            if coco_root is not None
+            else {"base_url": base_url, "annotations_md5": annotations_md5}
+        ),
+        "annotation_file": str(src_json.resolve()),
+        "num_candidates": len(candidates),
+        "exclude_file": None if exclude_file is None else str(exclude_file.resolve()),
+        "excluded_ids": sorted(excluded),
+        "excluded_candidates": len(with_cats & excluded),
+        "left_out_after_errors": {str(i): p for i, p in failed.items()},
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "minisolo_version": __version__,
+    }
+    _write_json_atomic(out_dir / f"subset_{split}.json", record, indent=1)
+    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out_dir / "annotations" / f"instances_{split}.json", subset)
     return out_dir

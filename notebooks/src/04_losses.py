@@ -1,61 +1,75 @@
-"""Notebook 04: SOLO's losses: focal loss for categories, Dice loss for masks."""
+# %% [markdown]
+# # 04 · Losses: focal loss for the grid, Dice loss for the masks
+#
+# SOLO trains two outputs per FPN level: a class score for each of the $S \times S$ grid cells,
+# and a mask for each *positive* cell. Both face an imbalance problem, and each gets a loss
+# designed for it (paper Sec. 3.3, Eq. 1–3):
+#
+# $$L = L_{cate} + \lambda\, L_{mask}, \qquad \lambda = 3.$$
+#
+# **What you will learn**
+#
+# - why the category branch is extremely imbalanced, and how the **focal loss** fixes it (plotted against cross entropy for several $\gamma$);
+# - why the masks use the **Dice loss** rather than per-pixel BCE (values and gradients on a small object);
+# - SOLO's exact normalisation: focal loss *summed* and divided by (number of positive cells + 1), Dice *averaged* over positive cells;
+# - how to recompute `SOLO.loss` by hand on a tiny batch, and check it.
+#
+# **Prerequisites:** notebooks 02 (which cells are positive) and 03 (mask channel $k = iS + j$);
+# binary cross entropy. About 25 minutes.
 
-from _nbgen import code, md, setup_cell
+# %%
+import sys
+from pathlib import Path
 
-NAME = "04_losses"
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-INTRO = md(
-    r"""
-# 04 · Losses: focal loss for the grid, Dice loss for the masks
+# Make `import minisolo` work from a fresh checkout too (without `pip install -e .`).
+for _parent in [Path.cwd(), *Path.cwd().parents]:
+    if (_parent / "minisolo" / "__init__.py").is_file():
+        sys.path.insert(0, str(_parent))
+        break
 
-SOLO trains two outputs per FPN level: a class score for each of the $S \times S$ grid cells,
-and a mask for each *positive* cell. Both face an imbalance problem, and each gets a loss
-designed for it (paper Sec. 3.3, Eq. 1–3):
+import minisolo
+from minisolo.utils import is_fast_mode, pick_device, seed_everything
 
-$$L = L_{cate} + \lambda\, L_{mask}, \qquad \lambda = 3.$$
-
-**What you will learn**
-
-- why the category branch is extremely imbalanced, and how the **focal loss** fixes it (plotted against cross entropy for several $\gamma$);
-- why the masks use the **Dice loss** rather than per-pixel BCE (values and gradients on a small object);
-- SOLO's exact normalisation: focal loss *summed* and divided by (number of positive cells + 1), Dice *averaged* over positive cells;
-- how to recompute `SOLO.loss` by hand on a tiny batch, and check it.
-
-**Prerequisites:** notebooks 02 (which cells are positive) and 03 (mask channel $k = iS + j$);
-binary cross entropy. About 25 minutes.
-"""
+FAST = is_fast_mode()  # MINISOLO_FAST=1 picks tiny sizes (the tests run every notebook so)
+device = pick_device("auto")  # CUDA when a GPU is present, else the CPU
+seed_everything(0)
+plt.rcParams.update({"figure.dpi": 90, "font.size": 11, "axes.titlesize": 12})
+print(
+    f"minisolo {minisolo.__version__} | torch {torch.__version__} | device: {device} | FAST={FAST}"
 )
 
-IMBALANCE = [
-    md(
-        r"""
-## 1. The category branch is (very) imbalanced
+# %% [markdown]
+# ## 1. The category branch is (very) imbalanced
+#
+# Every cell of every level predicts $C$ independent sigmoid scores, one per class. With the
+# paper's grids $S = 40, 36, 24, 16, 12$ and COCO's 80 classes that is a lot of binary
+# predictions per image, and only the handful of cells near object centres are positive.
 
-Every cell of every level predicts $C$ independent sigmoid scores, one per class. With the
-paper's grids $S = 40, 36, 24, 16, 12$ and COCO's 80 classes that is a lot of binary
-predictions per image, and only the handful of cells near object centres are positive.
-"""
-    ),
-    code(
-        r"""
+# %%
 paper = minisolo.preset("paper", num_classes=80)
 num_cells = sum(s * s for s in paper.grids)
 num_terms = num_cells * paper.num_classes
-objects_per_image, positives_per_object = 7, 3  # a typical COCO image; notebook 02 measures the 3
+# the paper's "about 3" per level; notebook 02 measures 3.7 per level and 6.2 per object over all levels
+objects_per_image, positives_per_object = 7, 3  # 7: a typical COCO image
 num_positive_terms = objects_per_image * positives_per_object  # one class per positive cell
-print(f"grids {paper.grids}: {num_cells} cells x {paper.num_classes} classes = {num_terms:,} binary terms per image")
+print(
+    f"grids {paper.grids}: {num_cells} cells x {paper.num_classes} classes = {num_terms:,} binary terms per image"
+)
 print(f"positive terms: about {num_positive_terms} ({100 * num_positive_terms / num_terms:.4f} %)")
-"""
-    ),
-    md(
-        r"""
-Suppose the network is at the start of training: it gives every negative term the prior
-probability $p = 0.01$ (SOLO initialises the classifier bias so), and positives $p = 0.3$.
-How much of the *total* loss comes from the positives?
-"""
-    ),
-    code(
-        r"""
+
+
+# %% [markdown]
+# Suppose the network is at the start of training: it gives every negative term the prior
+# probability $p = 0.01$ (SOLO initialises the classifier bias so), and positives $p = 0.3$.
+# How much of the *total* loss comes from the positives?
+
+
+# %%
 def bce(p, target):
     return -np.log(p) if target == 1 else -np.log(1 - p)
 
@@ -69,13 +83,24 @@ def focal(p, target, gamma=2.0, alpha=0.25):
 num_negative_terms = num_terms - num_positive_terms
 totals = {
     "cross entropy": (num_negative_terms * bce(0.01, 0), num_positive_terms * bce(0.3, 1)),
-    "focal (gamma=2, alpha=0.25)": (num_negative_terms * focal(0.01, 0), num_positive_terms * focal(0.3, 1)),
+    "focal (gamma=2, alpha=0.25)": (
+        num_negative_terms * focal(0.01, 0),
+        num_positive_terms * focal(0.3, 1),
+    ),
 }
 fig, ax = plt.subplots(figsize=(11, 3.4))
-for row, (name, (negative, positive)) in enumerate(totals.items()):
+for row, (negative, positive) in enumerate(totals.values()):
     share = positive / (negative + positive)
-    ax.barh(row, 1 - share, color="tab:gray", label="easy negatives (p = 0.01)" if row == 0 else None)
-    ax.barh(row, share, left=1 - share, color="tab:red", label="positives (p = 0.3)" if row == 0 else None)
+    ax.barh(
+        row, 1 - share, color="tab:gray", label="easy negatives (p = 0.01)" if row == 0 else None
+    )
+    ax.barh(
+        row,
+        share,
+        left=1 - share,
+        color="tab:red",
+        label="positives (p = 0.3)" if row == 0 else None,
+    )
     ax.text(1.02, row, f"positives:\n{100 * share:.1f} % of the loss", va="center")
 ax.set_yticks(range(len(totals)), list(totals))
 ax.invert_yaxis()
@@ -85,24 +110,20 @@ ax.set_title(f"{num_negative_terms:,} easy negative terms vs {num_positive_terms
 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
 plt.tight_layout()
 plt.show()
-"""
-    ),
-    md(
-        r"""
-With cross entropy, the positives are drowned: 99 % of the loss (and of the gradient) says
-"these easy background cells are background", which the network already knows. The focal
-loss (Lin et al., 2017) multiplies each term by $(1 - p_t)^\gamma$, where $p_t$ is the
-probability of the correct answer. Well-classified terms ($p_t \to 1$) get almost no weight:
 
-$$\mathrm{FL}(p_t) = -\alpha_t\,(1 - p_t)^\gamma \log p_t,\qquad
-p_t = \begin{cases} p & y = 1\\ 1 - p & y = 0\end{cases},\quad
-\alpha_t = \begin{cases} \alpha & y = 1\\ 1-\alpha & y = 0\end{cases}$$
+# %% [markdown]
+# With cross entropy, the positives are drowned: 99 % of the loss (and of the gradient) says
+# "these easy background cells are background", which the network already knows. The focal
+# loss (Lin et al., 2017) multiplies each term by $(1 - p_t)^\gamma$, where $p_t$ is the
+# probability of the correct answer. Well-classified terms ($p_t \to 1$) get almost no weight:
+#
+# $$\mathrm{FL}(p_t) = -\alpha_t\,(1 - p_t)^\gamma \log p_t,\qquad
+# p_t = \begin{cases} p & y = 1\\ 1 - p & y = 0\end{cases},\quad
+# \alpha_t = \begin{cases} \alpha & y = 1\\ 1-\alpha & y = 0\end{cases}$$
+#
+# SOLO uses $\gamma = 2$, $\alpha = 0.25$.
 
-SOLO uses $\gamma = 2$, $\alpha = 0.25$.
-"""
-    ),
-    code(
-        r"""
+# %%
 p_t = np.linspace(0.001, 1, 400)
 fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(15, 5))
 for gamma in [0, 0.5, 1, 2, 5]:
@@ -123,20 +144,18 @@ for a in (ax, ax_log):
     a.legend()
 plt.tight_layout()
 plt.show()
-"""
-    ),
-    md(
-        r"""
-### The focal loss by hand
 
-We work on logits and use `logsigmoid` for $\log p$ and $\log(1 - p)$, which stays accurate for
-large logits where `torch.log(torch.sigmoid(x))` would underflow.
-"""
-    ),
-    code(
-        r"""
+
+# %% [markdown]
+# ### The focal loss by hand
+#
+# We work on logits and use `logsigmoid` for $\log p$ and $\log(1 - p)$, which stays accurate for
+# large logits where `torch.log(torch.sigmoid(x))` would underflow.
+
+
+# %%
 def focal_loss_by_hand(logits, targets, gamma=2.0, alpha=0.25):
-    '''Per-element focal loss; targets are one-hot floats (0 or 1).'''
+    """Per-element focal loss; targets are one-hot floats (0 or 1)."""
     p = torch.sigmoid(logits)
     is_positive = targets == 1
     p_t = torch.where(is_positive, p, 1 - p)
@@ -149,30 +168,25 @@ generator = torch.Generator().manual_seed(0)
 example_logits = 4 * torch.randn(6, 5, generator=generator)
 example_targets = (torch.rand(6, 5, generator=generator) > 0.8).float()
 print(focal_loss_by_hand(example_logits, example_targets))
-"""
-    ),
-]
 
-DICE = [
-    md(
-        r"""
-## 2. Dice loss for the masks
 
-Each positive cell predicts a full mask, and most objects are small: a 20 × 20 object fills
-2.4 % of a 128 × 128 mask. Per-pixel BCE averaged over the mask is dominated by background
-pixels, exactly the imbalance of section 1 again. SOLO uses the Dice loss (paper Eq. 3):
+# %% [markdown]
+# ## 2. Dice loss for the masks
+#
+# Each positive cell predicts a full mask, and most objects are small: a 20 × 20 object fills
+# 2.4 % of a 128 × 128 mask. Per-pixel BCE averaged over the mask is dominated by background
+# pixels, exactly the imbalance of section 1 again. SOLO uses the Dice loss (paper Eq. 3):
+#
+# $$L_{Dice} = 1 - D(p, q),\qquad D(p, q) = \frac{2 \sum_{x,y} p_{x,y}\, q_{x,y}}{\sum_{x,y} p_{x,y}^2 + \sum_{x,y} q_{x,y}^2}$$
+#
+# with $p$ the predicted probabilities and $q$ the binary target. $D$ is an overlap *ratio*: it
+# does not care how many background pixels there are. (The official code adds 0.001 to each
+# sum in the denominator, so an empty prediction of an empty target does not divide by zero.)
 
-$$L_{Dice} = 1 - D(p, q),\qquad D(p, q) = \frac{2 \sum_{x,y} p_{x,y}\, q_{x,y}}{\sum_{x,y} p_{x,y}^2 + \sum_{x,y} q_{x,y}^2}$$
 
-with $p$ the predicted probabilities and $q$ the binary target. $D$ is an overlap *ratio*: it
-does not care how many background pixels there are. (The official code adds 0.001 to each
-sum in the denominator, so an empty prediction of an empty target does not divide by zero.)
-"""
-    ),
-    code(
-        r"""
+# %%
 def dice_loss_by_hand(probs, targets):
-    '''Per-mask Dice loss for [P, h, w] probabilities and binary targets.'''
+    """Per-mask Dice loss for [P, h, w] probabilities and binary targets."""
     p = probs.flatten(start_dim=1)
     q = targets.flatten(start_dim=1).float()
     overlap = (p * q).sum(dim=1)
@@ -189,7 +203,7 @@ def disc(radius, cy=64.0, cx=64.0):
 
 
 def soft_prediction(radius):
-    '''A prediction that says "object" (p = 0.95) inside a disc of this radius, 0.02 outside.'''
+    """A prediction that says "object" (p = 0.95) inside a disc of this radius, 0.02 outside."""
     return 0.02 + 0.93 * disc(radius)
 
 
@@ -208,34 +222,43 @@ for true_radius, colour in [(5, "tab:red"), (30, "tab:blue")]:
         ax.scatter([0], [values[0]], color=colour, zorder=3)
         ax.axvline(true_radius, color=colour, ls=":", lw=1)
 small_bce, small_dice = curves[5][0][0], curves[5][1][0]
-ax_bce.annotate(f"small object, predicting nothing:\nBCE = {small_bce:.2f}, looks nearly solved",
-                xy=(0, small_bce), xytext=(7, 0.35), arrowprops=dict(arrowstyle="->"), color="tab:red")
-ax_dice.annotate(f"small object, predicting nothing:\nDice loss = {small_dice:.2f}, close to the worst",
-                 xy=(0, small_dice), xytext=(23, 0.45), arrowprops=dict(arrowstyle="->"), color="tab:red")
+ax_bce.annotate(
+    f"small object, predicting nothing:\nBCE = {small_bce:.2f}, looks nearly solved",
+    xy=(0, small_bce),
+    xytext=(3, 0.8),  # above both curves
+    arrowprops=dict(arrowstyle="->"),
+    color="tab:red",
+)
+ax_dice.annotate(
+    f"small object, predicting nothing:\nDice loss = {small_dice:.2f}, close to the worst",
+    xy=(0, small_dice),
+    xytext=(23, 0.45),
+    arrowprops=dict(arrowstyle="->"),
+    color="tab:red",
+)
 ax_bce.set_title("per-pixel BCE (mean over the mask)")
 ax_dice.set_title("Dice loss")
 for ax in (ax_bce, ax_dice):
     ax.set_xlabel("radius of the predicted disc (dotted: true radius)")
     ax.set_ylabel("loss")
-    ax.legend()
-plt.tight_layout()
+# one legend for both panels, below them, where it hides no curve
+fig.legend(*ax_bce.get_legend_handles_labels(), loc="lower center", ncol=2)
+plt.tight_layout(rect=(0, 0.08, 1, 1))
 plt.show()
-"""
-    ),
-    md(
-        r"""
-BCE's scale depends on the object's size: for the small object, predicting *nothing* costs
-less than getting the large object slightly wrong. Dice scores both objects on the same 0–1
-scale. The gradients tell the same story. At an undecided prediction ($p = 0.5$ everywhere),
-where does each loss push?
-"""
-    ),
-    code(
-        r"""
+
+# %% [markdown]
+# BCE's scale depends on the object's size: for the small object, predicting *nothing* costs
+# less than getting the large object slightly wrong. Dice scores both objects on the same 0–1
+# scale. The gradients tell the same story. At an undecided prediction ($p = 0.5$ everywhere),
+# where does each loss push?
+
+# %%
 target = disc(5)
 gradients = {}
-for name, loss_fn in [("BCE (mean)", lambda p: F.binary_cross_entropy(p, target)),
-                      ("Dice", lambda p: dice_loss_by_hand(p[None], target[None]).sum())]:
+for name, loss_fn in [
+    ("BCE (mean)", lambda p: F.binary_cross_entropy(p, target)),
+    ("Dice", lambda p: dice_loss_by_hand(p[None], target[None]).sum()),
+]:
     logits = torch.zeros(SIZE, SIZE, requires_grad=True)  # p = 0.5 everywhere
     loss_fn(torch.sigmoid(logits)).backward()
     gradients[name] = logits.grad.abs()
@@ -245,45 +268,57 @@ for ax, (name, grad) in zip(axes, gradients.items()):
     shown = ax.imshow(grad, cmap="inferno")
     ax.contour(target.numpy(), levels=[0.5], colors="cyan", linewidths=1)
     ax.set_title(f"{name}: |d loss / d logit|\n(cyan outline: the object)", fontsize=11)
-    ax.set_xlabel("column"); ax.set_ylabel("row")
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
     fig.colorbar(shown, ax=ax, fraction=0.046)
-shares = {name: (grad * target).sum().item() / grad.sum().item() for name, grad in gradients.items()}
+shares = {
+    name: (grad * target).sum().item() / grad.sum().item() for name, grad in gradients.items()
+}
 bars = axes[2].bar(list(shares), list(shares.values()), color=["tab:gray", "tab:red"])
 axes[2].bar_label(bars, fmt="%.3f")
-axes[2].axhline(target.mean().item(), color="black", ls=":", label=f"object's share of pixels ({target.mean():.3f})")
+axes[2].axhline(
+    target.mean().item(),
+    color="black",
+    ls=":",
+    label=f"object's share of pixels ({target.mean():.3f})",
+)
 axes[2].set_ylabel("share of the gradient on object pixels")
 axes[2].set_title("How much of the push goes to the object?")
-axes[2].legend()
+axes[2].set_ylim(0, 1.3 * max(shares.values()))  # room above the bars for the legend
+axes[2].legend(loc="upper left")
 plt.tight_layout()
 plt.show()
-"""
-    ),
-    md(
-        r"""
-Under BCE every pixel gets the same push, so the 79 object pixels get 0.5 % of it, their share
-of the pixels. Under Dice they get about a third: the loss is normalised by the object's own
-size, not by the image's.
+print(
+    f"{int(target.sum())} object pixels of {target.numel()} ({target.mean():.1%}); "
+    f"their share of the gradient: "
+    + ", ".join(f"{name} {share:.3f}" for name, share in shares.items())
+)
 
-## 3. Putting it together: SOLO's loss on a tiny batch
 
-$$L = L_{cate} + 3\, L_{mask}$$
+# %% [markdown]
+# Under BCE every pixel gets the same push, so the 81 object pixels (printed above) get 0.5 % of
+# it, their share of the pixels. Under Dice they get about a third: the loss is normalised by the object's own
+# size, not by the image's.
+#
+# ## 3. Putting it together: SOLO's loss on a tiny batch
+#
+# $$L = L_{cate} + 3\, L_{mask}$$
+#
+# * $L_{cate}$: the focal loss over **all** cells of **all** levels and **all** classes of the
+#   batch, **summed** and divided by (number of positive cells + 1). Dividing by the number of
+#   positives (not of terms) keeps the loss's scale independent of how many cells there are; the
+#   $+1$ avoids dividing by zero on an image without objects.
+# * $L_{mask}$: the Dice loss of each positive cell's mask (channel $k = iS + j$ of its level),
+#   **averaged** over all positive cells of the batch.
+#
+# We build two small images with known objects and a small SOLO (random weights are fine for
+# checking a loss), then recompute its loss by hand.
 
-* $L_{cate}$: the focal loss over **all** cells of **all** levels and **all** classes of the
-  batch, **summed** and divided by (number of positive cells + 1). Dividing by the number of
-  positives (not of terms) keeps the loss's scale independent of how many cells there are; the
-  $+1$ avoids dividing by zero on an image without objects.
-* $L_{mask}$: the Dice loss of each positive cell's mask (channel $k = iS + j$ of its level),
-  **averaged** over all positive cells of the batch.
 
-We build two small images with known objects and a small SOLO (random weights are fine for
-checking a loss), then recompute its loss by hand.
-"""
-    ),
-    code(
-        r"""
+# %%
 def toy_scene(objects, size=128, seed=0):
-    '''Paint discs (class 0) and squares (class 1) on a noisy background.
-    objects: list of (kind, centre y, centre x, radius). Returns image [3, H, W], masks, labels.'''
+    """Paint discs (class 0) and squares (class 1) on a noisy background.
+    objects: list of (kind, centre y, centre x, radius). Returns image [3, H, W], masks, labels."""
     g = torch.Generator().manual_seed(seed)
     image = (0.5 + 0.08 * torch.randn(1, size, size, generator=g)).repeat(3, 1, 1)  # grey noise
     rows = torch.arange(size).view(-1, 1).float()
@@ -294,7 +329,9 @@ def toy_scene(objects, size=128, seed=0):
             mask = (rows - cy) ** 2 + (cols - cx) ** 2 <= r**2
         else:
             mask = ((rows - cy).abs() <= r) & ((cols - cx).abs() <= r)
-        image[:, mask] = torch.tensor([0.9, 0.2, 0.2] if kind == "disc" else [0.2, 0.3, 0.9]).view(3, 1)
+        image[:, mask] = torch.tensor([0.9, 0.2, 0.2] if kind == "disc" else [0.2, 0.3, 0.9]).view(
+            3, 1
+        )
         masks.append(mask)
         labels.append(0 if kind == "disc" else 1)
     return image, torch.stack(masks), torch.tensor(labels)
@@ -308,8 +345,15 @@ images = torch.stack([image for image, _, _ in scenes]).to(device)
 targets = [{"masks": masks.to(device), "labels": labels.to(device)} for _, masks, labels in scenes]
 
 # a small SOLO: the "tiny" preset slimmed further so this runs in a second on a CPU
-config = minisolo.preset("tiny", num_classes=2, backbone_width=16, fpn_channels=32,
-                         head_channels=32, stacked_convs=2, num_groups=8)
+config = minisolo.preset(
+    "tiny",
+    num_classes=2,
+    backbone_width=16,
+    fpn_channels=32,
+    head_channels=32,
+    stacked_convs=2,
+    num_groups=8,
+)
 torch.manual_seed(0)
 model = minisolo.SOLO(config).to(device)
 outputs = model(images)
@@ -317,19 +361,24 @@ package_loss = model.loss(outputs, targets)
 print({name: round(value.item(), 4) for name, value in package_loss.items()})
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-for ax, (image, masks, labels) in zip(axes, scenes):
+for ax, (image, _, labels) in zip(axes, scenes):
     ax.imshow(image.permute(1, 2, 0).clamp(0, 1))
     ax.set_title(f"{len(labels)} objects, classes {labels.tolist()} (0 = disc, 1 = square)")
     ax.axis("off")
 plt.show()
-"""
-    ),
-    code(
-        r"""
+
+# %%
 # Step 1: grid targets per image and level (notebook 02)
 per_image = [
-    minisolo.solo_targets(t["masks"], t["labels"], num_classes=config.num_classes, grids=config.grids,
-                          scale_ranges=config.scale_ranges, strides=config.strides, sigma=config.sigma)
+    minisolo.solo_targets(
+        t["masks"],
+        t["labels"],
+        num_classes=config.num_classes,
+        grids=config.grids,
+        scale_ranges=config.scale_ranges,
+        strides=config.strides,
+        sigma=config.sigma,
+    )
     for t in targets
 ]
 num_positives = sum(level.num_positives for levels in per_image for level in levels)
@@ -359,31 +408,33 @@ for level, mask_logits in enumerate(outputs["mask"]):  # mask_logits: [B, S*S, h
 loss_mask = torch.cat(dice_per_cell).mean()
 
 loss = loss_cate + 3 * loss_mask
-print(f"by hand: L_cate = {loss_cate.item():.4f}, L_mask = {loss_mask.item():.4f}, L = {loss.item():.4f}")
-"""
-    ),
-    md(
-        r"""
-At initialisation every mask probability is near 0.5: a grey blur that overlaps each target
-only partly, so $L_{mask}$ is large. $L_{cate}$ is about 1, and nearly all of it comes from the
-positive cells: thanks to the prior-probability bias every score starts at 0.01, a positive
-cell costs $0.25 \cdot 0.99^2 \cdot (-\log 0.01) \approx 1.1$ and an easy negative almost nothing
-(the focal loss at work); dividing by (positives + 1) turns that into an average. The weight
-$\lambda = 3$ then gives the masks, SOLO's actual output, most of the gradient.
+print(
+    f"by hand: L_cate = {loss_cate.item():.4f}, L_mask = {loss_mask.item():.4f}, L = {loss.item():.4f}"
+)
 
-### Check: our derivation against the package
-"""
-    ),
-    code(
-        r"""
+# %% [markdown]
+# At initialisation every mask probability is near 0.5: a grey blur that overlaps each target
+# only partly, so $L_{mask}$ is large. $L_{cate}$ is about 1, and nearly all of it comes from the
+# positive cells: thanks to the prior-probability bias every score starts at 0.01, a positive
+# cell costs $0.25 \cdot 0.99^2 \cdot (-\log 0.01) \approx 1.1$ and an easy negative almost nothing
+# (the focal loss at work); dividing by (positives + 1) turns that into an average. The weight
+# $\lambda = 3$ then gives the masks, SOLO's actual output, most of the gradient.
+#
+# ### Check: our derivation against the package
+
+# %%
 from torch.testing import assert_close
 
 # the two elementary losses
-assert_close(focal_loss_by_hand(example_logits, example_targets),
-             minisolo.sigmoid_focal_loss(example_logits, example_targets, gamma=2.0, alpha=0.25))
+assert_close(
+    focal_loss_by_hand(example_logits, example_targets),
+    minisolo.sigmoid_focal_loss(example_logits, example_targets, gamma=2.0, alpha=0.25),
+)
 random_probs = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(1))
 random_masks = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(2)) > 0.7
-assert_close(dice_loss_by_hand(random_probs, random_masks), minisolo.dice_loss(random_probs, random_masks))
+assert_close(
+    dice_loss_by_hand(random_probs, random_masks), minisolo.dice_loss(random_probs, random_masks)
+)
 
 # the whole SOLO loss, L = L_cate + 3 * L_mask, and its parts
 assert_close(loss_cate, package_loss["loss_cate"])
@@ -391,168 +442,24 @@ assert_close(loss_mask, package_loss["loss_mask"])
 assert_close(loss, package_loss["loss"])
 assert num_positives == int(package_loss["num_positives"])
 print("sigmoid_focal_loss, dice_loss and SOLO.loss match the derivation")
-"""
-    ),
-]
 
-EXERCISES = md(
-    r"""
-## Exercises
-
-1. **Focal loss contains cross entropy (code).** Show with `assert_close` that
-   `minisolo.sigmoid_focal_loss(x, t, gamma=0, alpha=0.5)` is exactly half of
-   `F.binary_cross_entropy_with_logits(x, t, reduction="none")`.
-2. **Gradient of an easy negative (code).** Take a single negative term whose probability
-   is 0.01. With autograd, compute the gradient of the loss with respect to its logit for
-   cross entropy and for the focal loss ($\gamma = 2$, $\alpha = 0.25$). Assert that the focal
-   gradient is less than 1/1000 of the cross-entropy gradient. How does the ratio look for a
-   *hard* negative with probability 0.9?
-3. **Dice cannot train an empty channel (code).** Assert that `dice_loss` of *any* prediction
-   against an all-zero target is 1 and that its gradient is zero. What does this say about
-   applying the mask loss to the $S^2 - P$ negative channels?
-4. **An image without objects (code).** Compute `model.loss` for `images[:1]` with a target
-   that has no objects (`masks` of shape `[0, 128, 128]`, `labels` of shape `[0]`). Assert that
-   `loss_cate` equals the plain *sum* of the focal terms (divided by 0 + 1) and that `loss_mask` is 0.
-5. **Think.** The Dice mean is over positive cells, not over objects. A large object assigned
-   to two FPN levels has about twice as many positive cells as a small one. Is that a bias, and
-   is it a good one?
-"""
-)
-
-CELLS = [INTRO, setup_cell(), *IMBALANCE, *DICE, EXERCISES]
-
-# ---------------------------------------------------------------------------------------------
-# Solutions
-# ---------------------------------------------------------------------------------------------
-
-SOLUTION_CELLS = [
-    md(
-        r"""
-# 04 · Losses: solutions
-
-Solutions to the exercises of `04_losses.ipynb`; each coding answer ends with an `assert`.
-"""
-    ),
-    setup_cell("from torch.testing import assert_close"),
-    md(
-        r"""
-## Exercise 1: focal loss with γ = 0 and α = 0.5
-
-$(1 - p_t)^0 = 1$ and $\alpha_t = 0.5$ for both targets, so what is left is $-0.5 \log p_t$,
-half the cross entropy.
-"""
-    ),
-    code(
-        r"""
-generator = torch.Generator().manual_seed(0)
-x = 5 * torch.randn(100, 7, generator=generator)
-t = (torch.rand(100, 7, generator=generator) > 0.7).float()
-assert_close(minisolo.sigmoid_focal_loss(x, t, gamma=0.0, alpha=0.5),
-             0.5 * F.binary_cross_entropy_with_logits(x, t, reduction="none"))
-print("focal(gamma=0, alpha=0.5) == 0.5 * BCE")
-"""
-    ),
-    md("## Exercise 2: the gradient of an easy and of a hard negative"),
-    code(
-        r"""
-def gradients_at(probability):
-    logit_value = float(np.log(probability / (1 - probability)))
-    grads = {}
-    for name in ("cross entropy", "focal"):
-        logit = torch.tensor([logit_value], requires_grad=True)
-        target = torch.zeros(1)
-        if name == "cross entropy":
-            loss = F.binary_cross_entropy_with_logits(logit, target)
-        else:
-            loss = minisolo.sigmoid_focal_loss(logit, target, gamma=2.0, alpha=0.25).sum()
-        loss.backward()
-        grads[name] = logit.grad.item()
-    return grads
-
-
-easy = gradients_at(0.01)
-hard = gradients_at(0.9)
-ratio_easy = easy["focal"] / easy["cross entropy"]
-ratio_hard = hard["focal"] / hard["cross entropy"]
-assert 0 < ratio_easy < 1e-3
-print(f"easy negative (p=0.01): CE grad {easy['cross entropy']:.2e}, focal grad {easy['focal']:.2e}, ratio {ratio_easy:.1e}")
-print(f"hard negative (p=0.90): CE grad {hard['cross entropy']:.2e}, focal grad {hard['focal']:.2e}, ratio {ratio_hard:.2f}")
-"""
-    ),
-    md(
-        r"""
-An easy negative's gradient is cut by more than 1000×, while a hard negative keeps about 90 %
-of it: $\alpha_t (1-p_t)^2 = 0.75 \cdot 0.81$ shrinks its loss, but the derivative of the
-modulating factor adds gradient back. The focal loss spends the gradient on the mistakes.
-
-## Exercise 3: Dice with an empty target
-"""
-    ),
-    code(
-        r"""
-logits = torch.randn(3, 32, 32, requires_grad=True)
-empty = torch.zeros(3, 32, 32)
-loss = minisolo.dice_loss(torch.sigmoid(logits), empty)
-assert_close(loss, torch.ones(3))
-loss.sum().backward()
-assert_close(logits.grad, torch.zeros_like(logits))
-print("Dice against an empty target: loss 1, gradient 0, whatever the prediction")
-"""
-    ),
-    md(
-        r"""
-With $q = 0$ the numerator $2\sum pq$ is 0 for every $p$: the loss is constant, so it cannot
-teach a channel to stay empty. That is why SOLO computes the mask loss only on the positive
-cells; the negative channels are never trained to be empty, and at test time the category
-branch decides which channels to read (notebook 03 shows the untrained channels).
-
-## Exercise 4: an image without objects
-"""
-    ),
-    code(
-        r"""
-def toy_scene(objects, size=128, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    image = (0.5 + 0.08 * torch.randn(1, size, size, generator=g)).repeat(3, 1, 1)  # grey noise
-    rows = torch.arange(size).view(-1, 1).float()
-    cols = torch.arange(size).view(1, -1).float()
-    masks, labels = [], []
-    for kind, cy, cx, r in objects:
-        mask = ((rows - cy) ** 2 + (cols - cx) ** 2 <= r**2) if kind == "disc" else (((rows - cy).abs() <= r) & ((cols - cx).abs() <= r))
-        image[:, mask] = torch.tensor([0.9, 0.2, 0.2] if kind == "disc" else [0.2, 0.3, 0.9]).view(3, 1)
-        masks.append(mask)
-        labels.append(0 if kind == "disc" else 1)
-    return image, torch.stack(masks), torch.tensor(labels)
-
-
-image, _, _ = toy_scene([("disc", 40, 44, 18)])
-config = minisolo.preset("tiny", num_classes=2, backbone_width=16, fpn_channels=32,
-                         head_channels=32, stacked_convs=2, num_groups=8)
-torch.manual_seed(0)
-model = minisolo.SOLO(config).to(device)
-outputs = model(image[None].to(device))
-no_objects = [{"masks": torch.zeros(0, 128, 128, dtype=torch.bool, device=device),
-               "labels": torch.zeros(0, dtype=torch.long, device=device)}]
-result = model.loss(outputs, no_objects)
-
-all_logits = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, config.num_classes) for x in outputs["category"]])
-focal_sum = minisolo.sigmoid_focal_loss(all_logits, torch.zeros_like(all_logits)).sum()
-assert int(result["num_positives"]) == 0
-assert_close(result["loss_cate"], focal_sum / (0 + 1))
-assert_close(result["loss_mask"], torch.tensor(0.0, device=device))
-print({name: value.item() for name, value in result.items()})
-"""
-    ),
-    md(
-        r"""
-## Exercise 5: a bias towards large objects?
-
-Yes: each positive cell is one term of the Dice mean, and large objects have more positive
-cells (their centre region spans more cells, and they often sit in two levels because the
-scale ranges overlap). It is a mild bias: the centre region is clamped to 3 × 3 cells per
-level, so an object weighs at most 18 terms. Small objects are also helped elsewhere: they go
-to the finest levels with the largest grids ($S = 40$), and the Dice loss itself is
-size-independent per mask, unlike BCE.
-"""
-    ),
-]
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Focal loss contains cross entropy (code).** Show with `assert_close` that
+#    `minisolo.sigmoid_focal_loss(x, t, gamma=0, alpha=0.5)` is exactly half of
+#    `F.binary_cross_entropy_with_logits(x, t, reduction="none")`.
+# 2. **Gradient of an easy negative (code).** Take a single negative term whose probability
+#    is 0.01. With autograd, compute the gradient of the loss with respect to its logit for
+#    cross entropy and for the focal loss ($\gamma = 2$, $\alpha = 0.25$). Assert that the focal
+#    gradient is less than 1/1000 of the cross-entropy gradient. How does the ratio look for a
+#    *hard* negative with probability 0.9?
+# 3. **Dice cannot train an empty channel (code).** Assert that `dice_loss` of *any* prediction
+#    against an all-zero target is 1 and that its gradient is zero. What does this say about
+#    applying the mask loss to the $S^2 - P$ negative channels?
+# 4. **An image without objects (code).** Compute `model.loss` for `images[:1]` with a target
+#    that has no objects (`masks` of shape `[0, 128, 128]`, `labels` of shape `[0]`). Assert that
+#    `loss_cate` equals the plain *sum* of the focal terms (divided by 0 + 1) and that `loss_mask` is 0.
+# 5. **Think.** The Dice mean is over positive cells, not over objects. A large object assigned
+#    to two FPN levels has about twice as many positive cells as a small one. Is that a bias, and
+#    is it a good one?
