@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="models_command", required=True, metavar="ACTION", help="build or list"
     )
     build = _command(actions, "build", "train the named models unless they are cached")
-    build.add_argument("names", nargs="*", help="default: all of them (solo, decoupled_solo, ...)")
+    build.add_argument(
+        "names", nargs="*", help="default: the notebooks' models (solo, decoupled_solo, yolact)"
+    )
     build.add_argument("--device", default="auto", help=DEVICE_HELP)
     build.add_argument("--rebuild", action="store_true", help="train again even when cached")
     _command(actions, "list", "show the cached models")
@@ -486,7 +488,7 @@ def run_models(args) -> int:
             state = "" if entry["current"] else "  (old recipe: not used)"
             print(f"  {model_cache.describe(entry)}{state}")
         return 0
-    names = args.names or list(model_cache.RECIPES)
+    names = args.names or list(model_cache.NOTEBOOK_MODELS)
     unknown = [n for n in names if n not in model_cache.RECIPES]
     if unknown:
         raise model_cache.UnknownModel(

@@ -42,6 +42,7 @@ from torch import nn
 
 from .data.transforms import pad_to_multiple
 from .inference import forward_for_inference
+from .predict import prepare_image
 from .solov2 import cell_kernels, dynamic_conv
 from .targets import solo_targets
 from .viz import owner_map
@@ -135,7 +136,9 @@ class GridCells:
             :class:`minisolo.SOLOv2`, or any model whose ``model_kind`` has an entry in
             :data:`CELL_MASKS`.
         image: a normalised float ``[3, H, W]`` tensor (padded here to multiples of 32 if
-            needed), or an ``(image, target)`` pair from :class:`minisolo.data.CocoInstances`.
+            needed), or an ``(image, target)`` pair from :class:`minisolo.data.CocoInstances`;
+            or an image path, a PIL image or a uint8 ``[H, W, 3]`` / ``[H, W]`` array, resized
+            and normalised with the model's config (:func:`minisolo.predict.prepare_image`).
         targets: optional dict with ``masks`` (bool ``[N, H, W]``) and ``labels`` (``[N]``);
             taken from the pair when ``image`` is one. They tell which cells are positive.
         class_names: names of the classes (default ``model.config.class_names``).
@@ -158,16 +161,16 @@ class GridCells:
     def __init__(
         self,
         model: nn.Module,
-        image: torch.Tensor | tuple[torch.Tensor, dict],
+        image: object,
         targets: dict | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        if isinstance(image, tuple | list):
+        if isinstance(image, tuple | list) and len(image) == 2 and isinstance(image[1], dict):
             image, pair_target = image
             targets = pair_target if targets is None else targets
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image)
-            raise ValueError(f"image must be a float tensor [3, H, W], got {shape}")
+        # a path, PIL image, uint8 array or normalised tensor -> the model's input; errors
+        # name what was given (see minisolo.predict.prepare_image)
+        image, _ = prepare_image(image, model.config)
         self.kind = getattr(model, "model_kind", None)
         if self.kind not in CELL_MASKS:
             raise ValueError(

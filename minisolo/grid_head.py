@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inference import forward_for_inference
 from .layers import conv_gn_relu_tower
+from .losses import solo_category_loss, solo_mask_loss
 from .nms import mask_nms, matrix_nms, points_nms
 
 #: Stride of the mask probabilities the inference compares (level 0's masks, the input / 4).
@@ -209,7 +211,78 @@ def masks_at_original_size(
     return full[0] > threshold
 
 
+# ------------------------------------------------------------------------------------------
+# the loss and the batch inference, shared by SOLO, Decoupled SOLO and SOLOv2
+# ------------------------------------------------------------------------------------------
+
+#: ``(level, image, i, j) -> [P, h, w]`` mask probabilities of the cells ``(i, j)`` of the
+#: images ``image`` (three ``Long[P]`` tensors): the one model-specific piece of the loss.
+CellMaskProbs = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def grid_loss(
+    category_logits: list[torch.Tensor], level_targets: list, cell_mask_probs: CellMaskProbs, config
+) -> dict[str, torch.Tensor]:
+    """``L = L_cate + lambda * L_mask`` (paper Eq. 1, lambda = ``config.mask_loss_weight`` = 3).
+
+    ``L_cate`` is the focal loss over every cell of every level divided by (positives + 1);
+    ``L_mask`` the Dice loss averaged over the positive cells, whose masks come from
+    ``cell_mask_probs`` only for those cells (SOLO: their channels; SOLOv2: their kernels).
+    Returns ``loss``, ``loss_cate``, ``loss_mask`` (before the weight) and ``num_positives``.
+    """
+    mask_probs, mask_targets = [], []
+    for level, lt in enumerate(level_targets):
+        grid = config.grids[level]
+        image, cell = lt.positive_index // (grid * grid), lt.positive_index % (grid * grid)
+        probs = cell_mask_probs(level, image, cell // grid, cell % grid)
+        if probs.shape[-2:] != lt.masks.shape[-2:]:
+            raise ValueError(
+                f"level {level}: mask prediction {tuple(probs.shape[-2:])} and target "
+                f"{tuple(lt.masks.shape[-2:])} differ; are the target masks at the padded "
+                "input size?"
+            )
+        mask_probs.append(probs)
+        mask_targets.append(lt.masks)
+    num_positives = sum(lt.num_positives for lt in level_targets)
+    loss_cate = solo_category_loss(
+        category_logits,
+        [lt.category for lt in level_targets],
+        config.num_classes,
+        num_positives,
+        config.focal_gamma,
+        config.focal_alpha,
+    )
+    loss_mask = solo_mask_loss(mask_probs, mask_targets)
+    return {
+        "loss": loss_cate + config.mask_loss_weight * loss_mask,
+        "loss_cate": loss_cate,
+        "loss_mask": loss_mask,
+        "num_positives": torch.tensor(num_positives),
+    }
+
+
+@torch.no_grad()
+def predict_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    image_sizes=None,
+    original_sizes=None,
+) -> list[dict[str, torch.Tensor]]:
+    """One forward pass (eval mode), then ``model.post_process`` per image: the ``predict``
+    of every grid model. ``image_sizes`` are the sizes before padding (default: the padded
+    size), ``original_sizes`` the sizes to return masks at (default: ``image_sizes``)."""
+    outputs, image_sizes, original_sizes = forward_for_inference(
+        model, images, image_sizes, original_sizes
+    )
+    return [
+        model.post_process(outputs, b, size, original)
+        for b, (size, original) in enumerate(zip(image_sizes, original_sizes, strict=True))
+    ]
+
+
 __all__ = [
+    "grid_loss",
+    "predict_batch",
     "CategoryBranch",
     "CellMaskProbs",
     "MASK_STRIDE",

@@ -82,6 +82,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 FAST_ITERATIONS = 6
+# what `minisolo models build` trains when no name is given: the models notebooks 06-08 show
+NOTEBOOK_MODELS = ("solo", "decoupled_solo", "yolact")
 
 
 class UnknownModel(ValueError):
@@ -281,6 +283,7 @@ def list_cached() -> list[dict[str, Any]]:
 
 __all__ = [
     "RECIPES",
+    "NOTEBOOK_MODELS",
     "pretrained",
     "build",
     "recipe",

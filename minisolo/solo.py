@@ -32,15 +32,15 @@ from .config import SOLOConfig
 from .grid_head import (
     CategoryBranch,
     grid_candidates,
+    grid_loss,
     head_inputs,
     init_head_convs,
     masks_at_original_size,
+    predict_batch,
     prior_bias,  # noqa: F401 (re-exported: minisolo.solo.prior_bias)
     suppress_duplicates,
 )
-from .inference import forward_for_inference
 from .layers import conv_gn_relu_tower, coord_features
-from .losses import solo_category_loss, solo_mask_loss
 from .targets import solo_targets_batch
 
 
@@ -255,38 +255,12 @@ class SOLO(nn.Module):
         (the Dice mean before the x3 weight) and ``num_positives``.
         """
         cfg = self.config
-        level_targets = self.targets(targets)
-        mask_probs, mask_targets = [], []
-        for level, lt in enumerate(level_targets):
-            grid = cfg.grids[level]
-            image = lt.positive_index // (grid * grid)
-            cell = lt.positive_index % (grid * grid)
-            probs = self.head.cell_mask_probs(outputs, level, image, cell // grid, cell % grid)
-            if probs.shape[-2:] != lt.masks.shape[-2:]:
-                raise ValueError(
-                    f"level {level}: mask prediction {tuple(probs.shape[-2:])} and target "
-                    f"{tuple(lt.masks.shape[-2:])} differ; are the target masks at the padded "
-                    "input size?"
-                )
-            mask_probs.append(probs)
-            mask_targets.append(lt.masks)
-        num_positives = sum(lt.num_positives for lt in level_targets)
-        loss_cate = solo_category_loss(
+        return grid_loss(
             outputs["category"],
-            [lt.category for lt in level_targets],
-            cfg.num_classes,
-            num_positives,
-            cfg.focal_gamma,
-            cfg.focal_alpha,
+            self.targets(targets),
+            lambda level, image, i, j: self.head.cell_mask_probs(outputs, level, image, i, j),
+            cfg,
         )
-        loss_mask = solo_mask_loss(mask_probs, mask_targets)
-        total = loss_cate + cfg.mask_loss_weight * loss_mask
-        return {
-            "loss": total,
-            "loss_cate": loss_cate,
-            "loss_mask": loss_mask,
-            "num_positives": torch.tensor(num_positives),
-        }
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -303,13 +277,7 @@ class SOLO(nn.Module):
         before padding (default: the padded size) and ``original_sizes`` the sizes to return
         masks at (default: ``image_sizes``).
         """
-        outputs, image_sizes, original_sizes = forward_for_inference(
-            self, images, image_sizes, original_sizes
-        )
-        return [
-            self.post_process(outputs, b, size, original)
-            for b, (size, original) in enumerate(zip(image_sizes, original_sizes, strict=True))
-        ]
+        return predict_batch(self, images, image_sizes, original_sizes)
 
     def candidates(self, outputs: dict, image: int) -> dict[str, torch.Tensor]:
         """Steps 1-4 of the official inference (:func:`minisolo.grid_head.grid_candidates`):

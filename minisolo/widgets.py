@@ -109,7 +109,9 @@ class GridExplorer:
         model: a :class:`minisolo.SOLO`, :class:`minisolo.DecoupledSOLO` or
             :class:`minisolo.SOLOv2`.
         image: a normalised float ``[3, H, W]`` tensor (padded here to multiples of 32 if
-            needed), or an ``(image, target)`` pair from :class:`minisolo.data.CocoInstances`.
+            needed), or an ``(image, target)`` pair from :class:`minisolo.data.CocoInstances`;
+            or an image path, a PIL image or a uint8 ``[H, W, 3]`` / ``[H, W]`` array
+            (:func:`minisolo.predict.prepare_image`).
         targets: optional dict with ``masks`` (bool ``[N, H, W]``) and ``labels`` (``[N]``);
             taken from the pair when ``image`` is one. Shows which cells are positive.
         class_names: names of the classes (default ``model.config.class_names``).
