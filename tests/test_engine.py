@@ -272,9 +272,18 @@ def test_sigterm_stops_after_the_step_and_the_resumed_run_matches_uninterrupted(
     assert [x["iteration"] for x in lines] == list(range(1, 8))
 
 
+@pytest.fixture
+def sigint_not_ignored():
+    """Ctrl-C reaches Python as usual, even when pytest runs as a background job of a shell
+    (which starts it with SIGINT ignored: train() then rightly leaves SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(("where", "kept"), [("forward", 2), ("update", 3)])
 def test_a_second_ctrl_c_abandons_the_step_but_never_half_an_update(
-    where, kept, straight, shapes_dir, tmp_path, monkeypatch
+    where, kept, straight, shapes_dir, tmp_path, monkeypatch, sigint_not_ignored
 ):
     """Two SIGINTs in step 3: in its forward pass the step is dropped (last.pt holds the
     weights of 2 steps; only BatchNorm's running statistics saw the abandoned batch); in its
