@@ -147,12 +147,11 @@ def run_demo(
 
 def _run_cached_demo(out_dir: Path, device: str, progress: bool) -> dict:
     from . import model_cache
-    from .engine import load_checkpoint
 
     started = time.perf_counter()
-    folder = model_cache.build(DEMO_MODEL, device=device, progress=progress)
-    info = model_cache.load_info(folder)
-    model = load_checkpoint(folder / "model.pt", device)
+    model = model_cache.pretrained(DEMO_MODEL, device=device, progress=progress)
+    info = model.cache_info
+    folder = Path(info["folder"])
     data_dir = model_cache.demo_data(progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {

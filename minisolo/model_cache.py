@@ -134,8 +134,12 @@ def recipe_key(spec: dict[str, Any]) -> str:
 
 
 def entry_dir(name: str, fast: bool | None = None) -> Path:
-    spec = recipe(name, fast)
-    return cache_dir() / f"{name}{'-fast' if spec['fast'] else ''}-{recipe_key(spec)}"
+    return _folder_of(recipe(name, fast))
+
+
+def _folder_of(spec: dict[str, Any]) -> Path:
+    """The cache folder of a full recipe: ``<name>[-fast]-<key>``."""
+    return cache_dir() / f"{spec['name']}{'-fast' if spec['fast'] else ''}-{recipe_key(spec)}"
 
 
 def demo_data(fast: bool | None = None, progress: bool = True) -> Path:
@@ -167,7 +171,7 @@ def build(
     from .engine import train
 
     spec = recipe(name, fast)
-    final = entry_dir(name, spec["fast"])
+    final = _folder_of(spec)
     if final.is_dir() and not rebuild:
         return final
     data = demo_data(spec["fast"], progress=progress)
