@@ -79,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title("Speed-ups (CPU)")
 
     ax = axes[0, 1]
-    models = ["solo", "decoupled_solo", "yolact"]
+    models = ["solo", "decoupled_solo", "yolact", "solov2"]
     values = [by.get(f"train_images_per_s/{m}", {}).get("value") or 0 for m in models]
     ax.bar(models, values, color="tab:green")
     ax.axhline(8 / TRAIN_STEP_GOAL_S, color="red", ls="--", label="goal: batch 8 in 0.5 s")
@@ -348,6 +348,18 @@ METHODS = """## What each row measures
   forward hooks into backbone + FPN, head (including SOLO's `head_inputs` resize), and
   post-processing. The models are untrained, so the score threshold is lowered until about
   200 candidates enter NMS (a busy image for a trained model); the details say so.
+- `peak_gflop_per_s/fp32`, `/bf16` (group `cpu_speed`): the best of repeated 1024 x 1024 and
+  2048 x 2048 matrix products in that type on the benchmark's threads: the machine's practical
+  peak, against which the training step's achieved GFLOP/s is read (`native_bf16` says whether
+  the CPU computes bf16 in hardware).
+- `train_step_ms/solo_fp32`, `/solo_bf16`: one tiny-SOLO training step at the demo's size
+  (batch 8 at 192 x 192), in float32 and under bf16 autocast (the engine's `--amp` choices),
+  the two alternated step by step so both see the same machine; details give the speed-up
+  and the achieved GFLOP/s (forward + backward FLOPs from PyTorch's FlopCounterMode) as a
+  percentage of the peak of the same type.
+- `inference_ms_per_image/solo_trained`: `predict` of the trained demo model (the cached
+  `minisolo.pretrained("solo")`, not built by the benchmark: the row is empty without it) on
+  a val image of the demo's data resized to 256 x 256, batch 1, split like the rows above.
 - `paper_train_step_peak_memory/*`: one SGD training step of the paper presets at batch 2
   (SOLO: 800 x 1344, YOLACT: 550 x 550), fp32. Measured with `torch.cuda.max_memory_allocated`
   on a GPU; without one computed on fake tensors (shapes only): every tensor an op returns is

@@ -57,6 +57,8 @@ from minisolo import mask_nms, matrix_nms, preset, solo_targets  # noqa: E402
 from minisolo.nms import same_class_intersections  # noqa: E402
 
 MODELS = ("solo", "decoupled_solo", "yolact")
+#: the models of the CPU training and inference rows
+SPEED_MODELS = (*MODELS, "solov2")
 #: The commit holding the first (unoptimised) targets.py and nms.py, for the before/after rows.
 BASELINE_COMMIT = "28fe451"
 
@@ -136,6 +138,21 @@ def timed_predict(model, images: torch.Tensor) -> dict[str, float]:
     }
 
 
+def predict_timings(model, images: torch.Tensor, warmup: int, calls: int) -> dict:
+    """Median milliseconds of each part of :func:`timed_predict` over ``calls`` calls after
+    ``warmup`` calls, the best total, and how many instances the last call returned."""
+    for _ in range(warmup):
+        timed_predict(model, images)
+    runs = [timed_predict(model, images) for _ in range(calls)]
+    detail = {
+        k: round(1e3 * statistics.median(r[k] for r in runs), 2)
+        for k in ("backbone_fpn", "head", "post_process", "total")
+    }
+    detail["min_total_ms"] = round(1e3 * min(r["total"] for r in runs), 2)
+    detail["instances_returned"] = int(runs[-1]["instances"])
+    return detail
+
+
 def calibrate_thresholds(model, images: torch.Tensor, candidates: int) -> dict[str, float]:
     """Thresholds that give an untrained model a realistic post-processing load: a
     ``score_threshold`` that lets about ``candidates`` (location, class) pairs through and, for
@@ -158,8 +175,9 @@ def calibrate_thresholds(model, images: torch.Tensor, candidates: int) -> dict[s
     kth = scores.topk(min(candidates, scores.numel())).values[-1]
     grid = model.config.grids[0]
     cells = torch.arange(grid)
+    masks_of = model.head if hasattr(model.head, "cell_mask_probs") else model  # SOLOv2: model
     with torch.no_grad():
-        probs = model.head.cell_mask_probs(outputs, 0, 0, cells, cells)
+        probs = masks_of.cell_mask_probs(outputs, 0, 0, cells, cells)
     return {
         "score_threshold": float(kth) * (1 - 1e-4),
         "mask_threshold": float(probs.float().median()),
@@ -322,7 +340,7 @@ def bench_train(ctx: Context) -> list[dict]:
     """Training images/s of the tiny presets on the CPU: batch 8 at 256 x 256."""
     images, targets = shapes_batch(8, 256, seed=ctx.seed)
     rows = []
-    for kind in MODELS:
+    for kind in SPEED_MODELS:
         config_info = {"preset": "tiny", "batch": 8, "image": [256, 256], "num_classes": 4}
         built = build(kind, "tiny", num_classes=4)
         if built is None:
@@ -354,7 +372,7 @@ def bench_inference(ctx: Context) -> list[dict]:
     backbone + FPN, head and post-processing."""
     images, _ = shapes_batch(1, 256, seed=ctx.seed + 1)
     rows = []
-    for kind in MODELS:
+    for kind in SPEED_MODELS:
         config_info = {"preset": "tiny", "batch": 1, "image": [256, 256], "num_classes": 4}
         built = build(kind, "tiny", num_classes=4)
         if built is None:
@@ -368,14 +386,7 @@ def bench_inference(ctx: Context) -> list[dict]:
         thresholds = calibrate_thresholds(model, images, candidates=200)
         for key, value in thresholds.items():
             setattr(model.config, key, value)
-        runs = [timed_predict(model, images) for _ in range(ctx.repeats(2, 1))]  # warm-up
-        runs = [timed_predict(model, images) for _ in range(ctx.repeats(15, 5))]
-        detail = {
-            k: round(1e3 * statistics.median(r[k] for r in runs), 2)
-            for k in ("backbone_fpn", "head", "post_process", "total")
-        }
-        detail["min_total_ms"] = round(1e3 * min(r["total"] for r in runs), 2)
-        detail["instances_returned"] = int(runs[-1]["instances"])
+        detail = predict_timings(model, images, warmup=ctx.repeats(2, 1), calls=ctx.repeats(15, 5))
         detail["state"] = (
             "untrained (random init); thresholds lowered so that about 200 (location, class) "
             "candidates enter NMS: " + ", ".join(f"{k} {v:.4g}" for k, v in thresholds.items())
@@ -388,6 +399,87 @@ def bench_inference(ctx: Context) -> list[dict]:
             row(f"inference_ms_per_image/{kind}", detail["total"], "ms", "cpu", config_info, detail)
         )
     return rows
+
+
+def matmul_gflop_per_s(dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype`` (2 size^3 FLOPs)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    times = time_calls(lambda: a @ b, repeats, warmup=2)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def bench_cpu_speed(ctx: Context) -> list[dict]:
+    """CPU speed: the cores' peak (a large matmul, fp32 and bf16), a tiny-SOLO training step in
+    fp32 and under bf16 autocast (alternated, so both see the same machine) against that peak,
+    and inference of the trained demo model (the cached ``pretrained("solo")``)."""
+    from minisolo.engine import cpu_has_native_bf16
+
+    rows = []
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name] = max(
+            matmul_gflop_per_s(dtype, size, ctx.repeats(10, 3)) for size in (1024, 2048)
+        )
+        detail = {"sizes": [1024, 2048], "native_bf16": cpu_has_native_bf16()}
+        rows.append(row(f"peak_gflop_per_s/{name}", peaks[name], "GFLOP/s", "cpu", {}, detail))
+
+    # the demo's step: batch 8 at 192 px; fp32 and bf16 steps alternate, medians of each
+    images, targets = shapes_batch(8, 192, seed=ctx.seed)
+    steps = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        torch.manual_seed(ctx.seed)
+        model, config = build("solo", "tiny", num_classes=4)
+        steps[name] = train_step_fn(model, config, images, targets, autocast_dtype=dtype)
+        steps[name]()  # warm-up
+    gflop = count_flops(steps["fp32"]) if not ctx.quick else None  # forward + backward
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(ctx.repeats(10, 3)):
+        for name in ("fp32", "bf16"):
+            times[name].append(steps[name]()["total"])
+    config_info = {"preset": "tiny", "batch": 8, "image": [192, 192], "num_classes": 4}
+    for name in ("fp32", "bf16"):
+        median = statistics.median(times[name])
+        detail = {
+            "median_ms": round(1e3 * median, 1),
+            "min_ms": round(1e3 * min(times[name]), 1),
+            "speedup_vs_fp32": round(statistics.median(times["fp32"]) / median, 2),
+        }
+        if gflop:
+            detail["gflop_per_step"] = round(gflop, 1)
+            detail["achieved_gflop_per_s"] = round(gflop / median, 1)
+            detail["percent_of_peak"] = round(100 * gflop / median / peaks[name], 1)
+        value = 1e3 * median
+        rows.append(row(f"train_step_ms/solo_{name}", value, "ms", "cpu", config_info, detail))
+
+    rows.append(trained_inference_row(ctx))
+    return rows
+
+
+def trained_inference_row(ctx: Context) -> dict:
+    """``predict`` of the cached demo model (``minisolo.pretrained("solo")``) on one val image
+    of the demo's data resized to 256 x 256, batch 1; skipped when the cache has no model."""
+    from minisolo import model_cache
+    from minisolo.engine import load_checkpoint
+
+    name = "inference_ms_per_image/solo_trained"
+    config_info = {"preset": "tiny (the demo's recipe)", "batch": 1, "image": [256, 256]}
+    folder = model_cache.entry_dir("solo", fast=False)
+    if not (folder / "model.pt").is_file():
+        missing = "no cached model: minisolo models build solo"
+        return row(name, None, "ms", "cpu", config_info, missing)
+    from minisolo.data import IMAGENET_MEAN, IMAGENET_STD, CocoInstances
+
+    model = load_checkpoint(folder / "model.pt")
+    data = model_cache.demo_data(fast=False, progress=False)
+    image, _ = CocoInstances(data, "val")[0]  # [3, 192, 192] in [0, 1]
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    image = torch.nn.functional.interpolate(image[None], size=(256, 256), mode="bilinear")
+    images = (image - mean) / std
+    detail = predict_timings(model, images, warmup=ctx.repeats(3, 1), calls=ctx.repeats(30, 5))
+    detail["model"] = model_cache.describe(model_cache.load_info(folder))
+    return row(name, detail["total"], "ms", "cpu", config_info, detail)
 
 
 def bench_paper_cuda(ctx: Context) -> list[dict]:
@@ -713,6 +805,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[dict]]] = {
     "decoupled_memory": bench_decoupled_memory,
     "train": bench_train,
     "inference": bench_inference,
+    "cpu_speed": bench_cpu_speed,
     "paper_cuda": bench_paper_cuda,
     "paper_memory": bench_paper_memory,
     "before_after": bench_before_after,

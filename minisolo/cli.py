@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import CONFIG_CLASSES, ConfigError
+from .config import AMP_CHOICES, CONFIG_CLASSES, ConfigError
 from .data.coco import DataError
 from .data.shapes import MAX_SIZE, MIN_SIZE
 from .engine import TrainingDiverged
@@ -218,7 +218,15 @@ def _add_train_command(subparsers) -> None:
 
     other = train.add_argument_group("hardware and other")
     other.add_argument("--device", default="auto", help=DEVICE_HELP)
-    other.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    other.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default="auto",
+        help="mixed precision of the forward pass: auto = bf16 on GPUs and on CPUs with native "
+        "bf16 (AVX512-BF16, AMX), fp16 on older GPUs, float32 elsewhere (default: auto)",
+    )
+    other.add_argument("--no-amp", action="store_true", help="the same as --amp off")
+
     other.add_argument("--seed", type=int, default=0, help="random seed (torchrun adds the rank)")
 
 
@@ -296,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-train", type=int, default=None, help="shapes training images (default: the demo's)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision of a fresh training (as in train; default: auto)",
+    )
 
     models = _command(subparsers, "models", "the train-once cache of trained tiny models")
     actions = models.add_subparsers(
@@ -409,7 +423,7 @@ def run_train(args) -> int:
         backbone_weights=args.backbone_weights,
         num_workers=args.workers,
         seed=args.seed,
-        amp=not args.no_amp,
+        amp="off" if args.no_amp else args.amp,
         log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
         keep=args.keep,
@@ -419,7 +433,7 @@ def run_train(args) -> int:
         return 128 + (result.stop_signal or signal.SIGINT)  # 130 for SIGINT, 143 for SIGTERM
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"checkpoint: {result.checkpoint}  (trained in {result.precision})")
     print(f"log: {args.out / 'log.jsonl'}  loss curve: {args.out / 'loss.png'}")
     if result.metrics:
         _print_metrics(result.metrics)
@@ -465,6 +479,7 @@ def run_demo(args) -> int:
         epochs=args.epochs,
         num_train=args.num_train,
         seed=args.seed,
+        amp=args.amp,
     )
     minutes = (time.perf_counter() - started) / 60
     if "cached_model" in summary:

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The mixed-precision choices of training (``minisolo.engine.autocast_dtype``, ``--amp``).
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
 
 @dataclass(slots=True)
 class SOLOConfig:

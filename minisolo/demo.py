@@ -130,6 +130,7 @@ def run_demo(
     epochs: int | None = None,
     num_train: int | None = None,
     seed: int = 0,
+    amp: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the demo and return a summary (metrics, seconds, written files).
@@ -137,12 +138,16 @@ def run_demo(
     With the default options the model comes from the train-once cache
     (``minisolo.pretrained("solo")``): trained with the demo's recipe on first use, loaded
     afterwards. ``iterations`` (default ``DEMO_ITERATIONS``), ``epochs``, ``num_train`` or
-    ``seed`` train a fresh model into ``out_dir/run`` instead. Fast mode (``MINISOLO_FAST=1``)
+    ``seed`` or ``amp`` (``minisolo.engine.autocast_dtype``; default "auto") train a fresh
+    model into ``out_dir/run`` instead. Fast mode (``MINISOLO_FAST=1``)
     uses the fast recipes (a few iterations on 16 images).
     """
-    if iterations is None and epochs is None and num_train is None and seed == 0:
+    custom = (iterations, epochs, num_train, amp) != (None,) * 4 or seed != 0
+    if not custom:
         return _run_cached_demo(Path(out_dir), device, progress)
-    return _run_live_demo(Path(out_dir), device, iterations, epochs, num_train, seed, progress)
+    return _run_live_demo(
+        Path(out_dir), device, iterations, epochs, num_train, seed, amp or "auto", progress
+    )
 
 
 def _run_cached_demo(out_dir: Path, device: str, progress: bool) -> dict:
@@ -175,7 +180,7 @@ def _run_cached_demo(out_dir: Path, device: str, progress: bool) -> dict:
     return _write_summary(summary, files, out_dir)
 
 
-def _run_live_demo(out_dir, device, iterations, epochs, num_train, seed, progress) -> dict:
+def _run_live_demo(out_dir, device, iterations, epochs, num_train, seed, amp, progress) -> dict:
     started = time.perf_counter()
     fast = is_fast_mode()
     num_train = num_train or (24 if fast else DEMO_NUM_TRAIN)
@@ -195,6 +200,7 @@ def _run_live_demo(out_dir, device, iterations, epochs, num_train, seed, progres
         max_iters=None if epochs else iterations,
         device=device,
         seed=seed,
+        amp=amp,
         progress=progress,
     )
     files = {
@@ -212,6 +218,7 @@ def _run_live_demo(out_dir, device, iterations, epochs, num_train, seed, progres
         "model": result.config.model,
         "iterations": result.history[-1]["iteration"] if result.history else 0,
         "num_train": num_train,
+        "precision": result.precision,
     }
     return _write_summary(summary, files, out_dir)
 

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import config_from_dict
+from .config import AMP_CHOICES, config_from_dict
 from .data.coco import CocoInstances, DataError, collate_batch, find_split
 from .data.transforms import build_transforms
 from .models import build_model
@@ -70,6 +70,7 @@ class TrainResult:
     stop_signal: int | None = None  # SIGINT or SIGTERM when one stopped training
     evaluations: list[dict] = field(default_factory=list)  # with eval_every: val AP by iteration
     best_checkpoint: Path | None = None  # with eval_every: best.pt, the best val mask AP
+    precision: str = "float32"  # the forward pass's autocast type: float32, bfloat16, float16
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -121,11 +122,38 @@ def make_optimizer(config, parameters) -> torch.optim.Optimizer:
     )
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX), so that bf16
+    autocast makes convolutions faster; elsewhere oneDNN emulates bf16 and it is slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def autocast_dtype(device: torch.device, amp: bool | str = "auto") -> torch.dtype | None:
-    """bf16 on GPUs that support it, fp16 on older GPUs, nothing on the CPU."""
-    if device.type != "cuda" or amp is False or amp == "off":
+    """The autocast dtype for training on ``device`` (None: plain float32).
+
+    ``"auto"`` (or True): bf16 on GPUs that support it, fp16 on older GPUs, bf16 on CPUs with
+    native bf16 (:func:`cpu_has_native_bf16`), float32 on other CPUs. ``"bf16"`` / ``"fp16"``
+    ask for that type, ``"off"`` (or False) for none. The losses always run in float32
+    (outside autocast), so bf16 needs no loss scaling; fp16 on CUDA gets a GradScaler.
+    """
+    if amp is True:
+        amp = "auto"
+    if amp is False or amp is None:
+        amp = "off"
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES} (or True/False), got {amp!r}")
+    if amp == "off" or device.type not in ("cuda", "cpu"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' on the CPU")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
@@ -167,6 +195,7 @@ def train(
     one epoch, at most 1000), at the end, and when training is stopped; ``keep=K`` also keeps
     the K newest as ``iter_000500.pt``... ``eval_every=N`` evaluates on ``val_split`` every N
     iterations (``eval.jsonl``) and keeps the best model by mask AP as ``best.pt``.
+    ``amp`` picks the forward pass's precision (:func:`autocast_dtype`).
 
     Ctrl-C (SIGINT) or SIGTERM stops training at the end of the current step (a second one
     abandons the step), writes the checkpoint and returns with ``interrupted=True``;
@@ -722,6 +751,7 @@ def _finish(run: _Run, loop: _Loop, stop: _StopRequest, started: float) -> Train
         run.model, run.config, run.dir, loop.history, run.dir / "last.pt", metrics,
         interrupted=stop.stopped, seconds=time.perf_counter() - started,
         stop_signal=stop.signal, evaluations=loop.evaluations, best_checkpoint=best,
+        precision=str(run.dtype or torch.float32).removeprefix("torch."),
     )  # fmt: skip
 
 
@@ -836,7 +866,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> nn.Module:
     model.load_state_dict(state["model"])
     model.category_ids = list(state.get("category_ids", range(1, config.num_classes + 1)))
     model.checkpoint_path = Path(path)
-    return model.to(pick_device(device)).eval()
+    # NHWC weights, as in training: with NHWC inputs (minisolo.inference) the oneDNN / cuDNN
+    # convolutions skip layout reorders (tiny SOLO inference: docs/results.md)
+    model = model.to(pick_device(device), memory_format=torch.channels_last)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------- evaluate

@@ -270,9 +270,13 @@ def predict_batch(
 ) -> list[dict[str, torch.Tensor]]:
     """One forward pass (eval mode), then ``model.post_process`` per image: the ``predict``
     of every grid model. ``image_sizes`` are the sizes before padding (default: the padded
-    size), ``original_sizes`` the sizes to return masks at (default: ``image_sizes``)."""
+    size), ``original_sizes`` the sizes to return masks at (default: ``image_sizes``).
+
+    The forward pass gets ``model.predict_forward_kwargs``: SOLO's are ``full_masks=False``,
+    so that only the candidate cells' mask channels are computed (step 2 of
+    :func:`grid_candidates`), not all S^2 of every level."""
     outputs, image_sizes, original_sizes = forward_for_inference(
-        model, images, image_sizes, original_sizes
+        model, images, image_sizes, original_sizes, **getattr(model, "predict_forward_kwargs", {})
     )
     return [
         model.post_process(outputs, b, size, original)

@@ -17,13 +17,16 @@ def forward_for_inference(
     images: torch.Tensor,
     image_sizes: Sequence[tuple[int, int]] | None = None,
     original_sizes: Sequence[tuple[int, int]] | None = None,
+    **forward_kwargs,
 ) -> tuple[dict, list[tuple[int, int]], list[tuple[int, int]]]:
-    """Run ``model`` once in eval mode (restoring its mode after) and fill in the default
-    sizes: ``image_sizes`` = the padded input size, ``original_sizes`` = ``image_sizes``."""
+    """Run ``model(images, **forward_kwargs)`` once in eval mode (restoring its mode after) and
+    fill in the default sizes: ``image_sizes`` = the padded input size, ``original_sizes`` =
+    ``image_sizes``. The images go in as NHWC (``channels_last``), the layout the convolutions
+    of a loaded checkpoint expect; the numbers are the same in either layout."""
     was_training = model.training
     model.eval()
     try:
-        outputs = model(images)
+        outputs = model(images.contiguous(memory_format=torch.channels_last), **forward_kwargs)
     finally:
         model.train(was_training)
     batch, _, height, width = images.shape

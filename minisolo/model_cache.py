@@ -213,6 +213,9 @@ def build(
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "train_seconds": round(result.seconds, 1),  # training and the evaluation at its end
             "device": str(next(core.parameters()).device),
+            # autocast type of the forward pass (``amp="auto"``: bf16 where the CPU has it);
+            # not part of the key: the recipe is the same, the last digits of AP may differ
+            "precision": result.precision,
             "metrics": result.metrics,
         }
         (work / "info.json").write_text(json.dumps(info, indent=2))

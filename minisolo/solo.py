@@ -199,6 +199,9 @@ class SOLO(nn.Module):
     # what the training loop passes to forward: the loss needs only the positive cells' mask
     # channels, so training skips the other S^2 - P (see SOLOHead.forward)
     train_forward_kwargs: dict = {"full_masks": False}
+    # and what predict passes: inference too needs only the candidate cells' channels (the
+    # official code computes all S^2; the masks are the same, the work a fraction of it)
+    predict_forward_kwargs: dict = {"full_masks": False}
 
     def __init__(self, config: SOLOConfig) -> None:
         super().__init__()
@@ -311,6 +314,10 @@ class SOLO(nn.Module):
         }
 
     def _mask_size(self, outputs: dict) -> tuple[int, int]:
+        """Level 0's mask size (stride 4): the masks' own, or twice the tower output's."""
+        if "mask_features" in outputs:
+            height, width = outputs["mask_features"][0].shape[-2:]
+            return (2 * height, 2 * width)
         key = "mask" if "mask" in outputs else "mask_x"
         return tuple(outputs[key][0].shape[-2:])
 

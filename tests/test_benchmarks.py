@@ -204,3 +204,16 @@ def test_mask_ceiling_command_with_the_demos_wider_ranges(tmp_path, capsys):
     assert "oracle (coarsest level)" in capsys.readouterr().out
     assert reports["demo"]["coarsest"]["AP"] >= reports["tiny"]["coarsest"]["AP"]
     assert reports["demo"]["coarsest"]["AP"] <= reports["demo"]["finest"]["AP"] <= 1.0
+
+
+def test_cpu_speed_helpers_measure_and_say_when_the_cached_model_is_missing(tmp_path, monkeypatch):
+    from benchmarks import run as bench_run
+    from benchmarks.common import Context
+
+    for dtype in (torch.float32, torch.bfloat16):
+        gflops = bench_run.matmul_gflop_per_s(dtype, 128, repeats=2)
+        assert 0 < gflops < 1e5  # a number of the right kind, not a claim about this machine
+    monkeypatch.setattr("minisolo.model_cache.entry_dir", lambda name, fast=None: tmp_path / name)
+    row = bench_run.trained_inference_row(Context(quick=True))
+    assert row["name"] == "inference_ms_per_image/solo_trained"
+    assert row["value"] is None and "minisolo models build solo" in row["detail"]

@@ -185,6 +185,15 @@ def test_coco_mini_category_mapping_round_trips(data_coco_mini):
     assert ds.class_names[0] == "person"
 
 
+def test_image_path_names_the_file_of_each_position(data_shapes_root):
+    ds = CocoInstances(data_shapes_root, "val")
+    for index in range(len(ds)):
+        path = ds.image_path(index)
+        assert path.is_file() and path.parent == ds.image_dir
+        assert path.name == ds.coco.imgs[ds.ids[index]]["file_name"]
+    assert len({ds.image_path(i) for i in range(len(ds))}) == len(ds)
+
+
 def test_coco_mini_crowd_excluded_but_kept_for_eval(data_coco_mini):
     ds = data_coco_mini
     crowd = [a for a in ds.coco.anns.values() if a["iscrowd"]]

@@ -13,6 +13,7 @@ from minisolo.data.coco import CocoInstances
 from minisolo.data.shapes import make_shapes_dataset
 from minisolo.engine import (
     TrainingDiverged,
+    autocast_dtype,
     coco_metrics,
     learning_rate,
     load_checkpoint,
@@ -20,6 +21,7 @@ from minisolo.engine import (
     predictions_to_coco,
     train,
 )
+from minisolo.solo import SOLO
 
 SMALL = dict(image_short_side=96, image_max_size=96, batch_size=2, warmup_iters=2, lr=0.002)
 
@@ -420,3 +422,49 @@ def test_data_without_usable_instances_and_unwritable_output_are_errors(shapes_d
         with pytest.raises(ckpt.CheckpointError, match="cannot write to the output folder"):
             train(preset("tiny", **SMALL), shapes_dir, out, **STRAIGHT)
     assert blocker.read_text() == "not a folder"
+
+
+def test_amp_choices_pick_the_autocast_type(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for off in ("off", False, None):
+        assert autocast_dtype(cpu, off) is None and autocast_dtype(cuda, off) is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16"):
+        autocast_dtype(cpu, "fp16")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        autocast_dtype(cpu, "half")
+    # "auto" on the CPU follows the hardware: bf16 only where it is native
+    monkeypatch.setattr("minisolo.engine.cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(cpu, "auto") == torch.bfloat16 and autocast_dtype(cpu, True) is not None
+    monkeypatch.setattr("minisolo.engine.cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(cpu, "auto") is None
+    # "auto" on a GPU: bf16 where supported, fp16 on older ones
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, "auto") == torch.float16
+
+
+def test_bf16_training_on_the_cpu_runs_the_losses_in_float32(shapes_dir, tmp_path, monkeypatch):
+    seen = []
+    real_loss = SOLO.loss
+
+    def spy(self, outputs, targets):
+        seen.append(outputs["mask_features"][0].dtype)
+        losses = real_loss(self, outputs, targets)
+        seen.append(losses["loss"].dtype)
+        return losses
+
+    monkeypatch.setattr(SOLO, "loss", spy)
+    config = preset("tiny", **SMALL)
+    result = train(
+        config, shapes_dir, tmp_path / "run", max_iters=3, progress=False, amp="bf16",
+        evaluate_at_end=False,
+    )  # fmt: skip
+    assert result.precision == "bfloat16"
+    assert seen[0] == torch.bfloat16 and seen[1] == torch.float32  # features bf16, loss fp32
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # fp32 weights
+    plain = train(
+        config, shapes_dir, tmp_path / "plain", max_iters=1, progress=False, amp="off",
+        evaluate_at_end=False,
+    )  # fmt: skip
+    assert plain.precision == "float32"

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -178,6 +179,27 @@ def test_predict_follows_the_inference_recipe(config):
     assert mask_iou(result["masks"], expected[None]).item() > 0.9
     # maskness rescoring: the mean probability inside the mask is sigmoid(10) (almost 1)
     assert result["scores"].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), 1e-3)
+
+
+def test_predict_computes_only_the_candidates_channels_and_matches_the_official_path(config):
+    """predict runs the head with full_masks=False (only candidate cells' channels, 1x1 conv
+    before the upsampling); the official path computes all S^2 channels. Same instances."""
+    torch.manual_seed(0)
+    model = SOLO(config).eval()
+    assert model.predict_forward_kwargs == {"full_masks": False}
+    for layer in model.head.mask_outputs:  # masks with some structure, not all ~0.5
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    model.config = dataclasses.replace(config, score_threshold=0.0, update_threshold=0.0)
+    images = torch.randn(2, 3, 128, 96)
+    lazy = model.predict(images)
+    model.predict_forward_kwargs = {"full_masks": True}  # the official, all-channels path
+    full = model.predict(images)
+    for a, b in zip(lazy, full, strict=True):
+        assert len(a["scores"]) > 10
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+        agree = (a["masks"] == b["masks"]).float().mean().item()
+        assert agree > 0.999  # only pixels within rounding of 0.5 may differ
 
 
 def test_predict_crops_padding_and_returns_original_size(config):

@@ -391,6 +391,10 @@ class CocoInstances(Dataset):
         """Contiguous label ``0..C-1`` -> COCO category id."""
         return self.category_ids[int(label)]
 
+    def image_path(self, idx: int) -> Path:
+        """The file of the image at dataset position ``idx``."""
+        return self._path(self.coco.imgs[self.ids[idx]])
+
     def load_image(self, idx: int) -> Image.Image:
         """The RGB PIL image at dataset position ``idx`` (no transforms)."""
         image_id = self.ids[idx]
