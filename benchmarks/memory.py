@@ -59,9 +59,9 @@ def fake_training_step_memory(
 
 
 def solo_fake_loss(level_targets: list, num_classes: int, grids, mask_loss_weight: float = 3.0):
-    """A ``loss_fn`` for :func:`fake_training_step_memory` that does what ``SOLO.loss`` does
-    (the positives' mask probabilities, Dice; focal loss over every cell), on targets computed
-    beforehand with real tensors.
+    """A ``loss_fn`` for :func:`fake_training_step_memory` that does what ``SOLO.loss`` (and
+    ``SOLOv2.loss``) does (the positives' mask probabilities, Dice; focal loss over every
+    cell), on targets computed beforehand with real tensors.
 
     ``SOLO.loss`` itself cannot run on fake tensors: it computes targets from mask pixels and
     checks label values, which need data.
@@ -75,17 +75,34 @@ def solo_fake_loss(level_targets: list, num_classes: int, grids, mask_loss_weigh
         ]
     )
     num_positives = sum(lt.num_positives for lt in level_targets)
+    # SOLOv2 groups its cells by image with data-dependent sizes, so the grouping is done here,
+    # on the real indices (ascending, in the order of lt.masks): [(image, cells), ...] per level
+    by_image = [
+        [
+            (image, lt.positive_index[lt.positive_index // (grid * grid) == image] % (grid * grid))
+            for image in (lt.positive_index // (grid * grid)).unique().tolist()
+        ]
+        for lt, grid in zip(level_targets, grids, strict=True)
+    ]
 
     def loss_fn(model, outputs, fake: FakeTensorMode) -> torch.Tensor:
         probs, targets = [], []
         for level, (lt, grid) in enumerate(zip(level_targets, grids, strict=True)):
             if lt.num_positives == 0:
                 continue
-            index = fake.from_tensor(lt.positive_index)
-            image, cell = index // (grid * grid), index % (grid * grid)
-            probs.append(
-                model.head.cell_mask_probs(outputs, level, image, cell // grid, cell % grid)
-            )
+            if hasattr(model.head, "cell_mask_probs"):  # SOLO, Decoupled SOLO: all at once
+                index = fake.from_tensor(lt.positive_index)
+                image, cell = index // (grid * grid), index % (grid * grid)
+                probs.append(
+                    model.head.cell_mask_probs(outputs, level, image, cell // grid, cell % grid)
+                )
+            else:  # SOLOv2: one image at a time (grouped above)
+                per_image = []
+                for image, cells in by_image[level]:
+                    cell = fake.from_tensor(cells)
+                    rows, cols = cell // grid, cell % grid
+                    per_image.append(model.cell_mask_probs(outputs, level, image, rows, cols))
+                probs.append(torch.cat(per_image))
             targets.append(fake.from_tensor(lt.masks))
         dice = torch.cat([dice_loss(p.float(), t) for p, t in zip(probs, targets, strict=True)])
         logits = torch.cat(

@@ -112,7 +112,9 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("GiB")
     ratio = by.get("decoupled_mask_memory_ratio", {}).get("value")
     ratio40 = by.get("decoupled_mask_memory_ratio/S40", {}).get("value")
-    ax.set_title("Peak memory, paper training step, batch 2\n(SOLO 800x1344, YOLACT 550x550)")
+    ax.set_title(
+        "Peak memory, paper training step, batch 2\n(SOLO family 800x1344, YOLACT 550x550)"
+    )
     ax.text(
         0.98,
         0.95,
@@ -361,13 +363,15 @@ METHODS = """## What each row measures
   `minisolo.pretrained("solo")`, not built by the benchmark: the row is empty without it) on
   a val image of the demo's data resized to 256 x 256, batch 1, split like the rows above.
 - `paper_train_step_peak_memory/*`: one SGD training step of the paper presets at batch 2
-  (SOLO: 800 x 1344, YOLACT: 550 x 550), fp32. Measured with `torch.cuda.max_memory_allocated`
-  on a GPU; without one computed on fake tensors (shapes only): every tensor an op returns is
-  counted until it is garbage collected (`benchmarks/memory.py`), which includes what autograd
-  saves for backward, gradients and momentum buffers, but not the CUDA allocator's rounding or
-  library workspaces. SOLO's step here is the all-channels forward of the official head
-  (`full_masks=True`); `engine.train` computes only the positive cells' channels, a selection
-  with data-dependent shapes that fake tensors cannot run, so its smaller peak is not shown.
+  (SOLO, Decoupled SOLO and SOLOv2: 800 x 1344, YOLACT: 550 x 550), fp32; SOLOv2's loss
+  computes the masks of the positive cells only, as `SOLOv2.loss` does. Measured with
+  `torch.cuda.max_memory_allocated` on a GPU; without one computed on fake tensors (shapes
+  only): every tensor an op returns is counted until it is garbage collected
+  (`benchmarks/memory.py`), which includes what autograd saves for backward, gradients and
+  momentum buffers, but not the CUDA allocator's rounding or library workspaces. SOLO's step
+  here is the all-channels forward of the official head (`full_masks=True`); `engine.train`
+  computes only the positive cells' channels, a selection with data-dependent shapes that fake
+  tensors cannot run, so its smaller peak is not shown.
 - `speedup_vs_v0/*`: `solo_targets`, `matrix_nms` and `mask_nms` now against the same
   functions at the first commit (loaded with `git show`), on the inputs above; results are
   identical. `solo_train_step_mask_channels`, `solo_train_step_channels_last` and

@@ -581,7 +581,7 @@ def bench_paper_memory(ctx: Context) -> list[dict]:
     from minisolo.targets import solo_targets_batch
 
     rows = []
-    for kind in MODELS:
+    for kind in (*MODELS, "solov2"):
         size = (550, 550) if kind == "yolact" else (800, 1344)
         name = f"paper_train_step_peak_memory/{kind}"
         config_info = {"preset": "paper", "batch": 2, "image": list(size), "dtype": "float32"}
@@ -601,9 +601,11 @@ def bench_paper_memory(ctx: Context) -> list[dict]:
                 grids=config.grids,
                 scale_ranges=config.scale_ranges,
                 strides=config.strides,
+                # SOLOv2's mask targets are at stride 4 on every level
+                mask_stride=4 if kind == "solov2" else None,
             )
             loss_fn = solo_fake_loss(level_targets, config.num_classes, config.grids)
-            loss_note = "SOLO loss on targets of 7 random objects per image"
+            loss_note = f"{kind} loss on targets of 7 random objects per image"
         result = fake_training_step_memory(
             lambda config=config: build_model(config), (2, 3, *size), loss_fn
         )

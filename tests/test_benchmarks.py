@@ -217,3 +217,34 @@ def test_cpu_speed_helpers_measure_and_say_when_the_cached_model_is_missing(tmp_
     row = bench_run.trained_inference_row(Context(quick=True))
     assert row["name"] == "inference_ms_per_image/solo_trained"
     assert row["value"] is None and "minisolo models build solo" in row["detail"]
+
+
+@pytest.mark.parametrize("kind", ["solo", "solov2"])
+def test_fake_training_step_memory_runs_the_solo_family_loss(kind):
+    """The paper-memory rows' computation on fake tensors, at a tiny size: SOLOv2's masks are
+    built image by image (its grouping has data-dependent sizes)."""
+    from benchmarks.common import random_batch
+    from benchmarks.memory import fake_training_step_memory, solo_fake_loss
+    from minisolo.models import build_model
+    from minisolo.targets import solo_targets_batch
+
+    config = preset("tiny", model=kind, num_classes=3)
+    _, targets = random_batch(2, 128, 128, 3, config.num_classes, 0)
+    level_targets = solo_targets_batch(
+        [t["masks"] for t in targets],
+        [t["labels"] for t in targets],
+        num_classes=config.num_classes,
+        grids=config.grids,
+        scale_ranges=config.scale_ranges,
+        strides=config.strides,
+        mask_stride=4 if kind == "solov2" else None,
+    )
+    assert sum(lt.num_positives for lt in level_targets) > 0
+    result = fake_training_step_memory(
+        lambda: build_model(config),
+        (2, 3, 128, 128),
+        solo_fake_loss(level_targets, config.num_classes, config.grids),
+    )
+    # parameters, momentum buffers of the same size, and the activations on top of them
+    assert result["optimizer_state"] == pytest.approx(result["parameters"], rel=0.05)
+    assert result["peak"] > result["forward_peak"] > 2 * result["parameters"]
