@@ -226,19 +226,10 @@ def test_fake_training_step_memory_runs_the_solo_family_loss(kind):
     from benchmarks.common import random_batch
     from benchmarks.memory import fake_training_step_memory, solo_fake_loss
     from minisolo.models import build_model
-    from minisolo.targets import solo_targets_batch
 
     config = preset("tiny", model=kind, num_classes=3)
     _, targets = random_batch(2, 128, 128, 3, config.num_classes, 0)
-    level_targets = solo_targets_batch(
-        [t["masks"] for t in targets],
-        [t["labels"] for t in targets],
-        num_classes=config.num_classes,
-        grids=config.grids,
-        scale_ranges=config.scale_ranges,
-        strides=config.strides,
-        mask_stride=4 if kind == "solov2" else None,
-    )
+    level_targets = build_model(config).targets(targets)  # the model's own (real) targets
     assert sum(lt.num_positives for lt in level_targets) > 0
     result = fake_training_step_memory(
         lambda: build_model(config),
