@@ -468,15 +468,13 @@ def trained_inference_row(ctx: Context) -> dict:
     if not (folder / "model.pt").is_file():
         missing = "no cached model: minisolo models build solo"
         return row(name, None, "ms", "cpu", config_info, missing)
-    from minisolo.data import IMAGENET_MEAN, IMAGENET_STD, CocoInstances
+    from minisolo.data import CocoInstances, Normalize
 
     model = load_checkpoint(folder / "model.pt")
     data = model_cache.demo_data(fast=False, progress=False)
     image, _ = CocoInstances(data, "val")[0]  # [3, 192, 192] in [0, 1]
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    image = torch.nn.functional.interpolate(image[None], size=(256, 256), mode="bilinear")
-    images = (image - mean) / std
+    image = torch.nn.functional.interpolate(image[None], size=(256, 256), mode="bilinear")[0]
+    images = Normalize()(image, None)[0][None]  # ImageNet statistics, as the model was trained
     detail = predict_timings(model, images, warmup=ctx.repeats(3, 1), calls=ctx.repeats(30, 5))
     detail["model"] = model_cache.describe(model_cache.load_info(folder))
     return row(name, detail["total"], "ms", "cpu", config_info, detail)

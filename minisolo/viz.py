@@ -425,7 +425,7 @@ def save_instances(
     return path
 
 
-def _match_to_gt(
+def match_to_ground_truth(
     gt: np.ndarray,
     pred: np.ndarray,
     gt_labels=None,
@@ -491,7 +491,7 @@ def compare_prediction(
         keep = scores >= score_threshold
         pred, scores = pred[keep], scores[keep]
         labels = labels[keep] if labels is not None else None
-    match = _match_to_gt(gt, pred, gt_labels, labels)
+    match = match_to_ground_truth(gt, pred, gt_labels, labels)
     spare = iter(range(gt.shape[0], gt.shape[0] + 10_000))
     colors = [instance_color(g) if g >= 0 else instance_color(next(spare)) for g in match]
     fig = SoloFigure(figsize=(11, 5.8), layout="constrained", photo=True)
@@ -953,6 +953,7 @@ __all__ = [
     "draw_instances",
     "instance_color",
     "mask_mosaic",
+    "match_to_ground_truth",
     "owner_map",
     "place_labels",
     "plot_category_heatmap",

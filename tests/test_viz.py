@@ -305,9 +305,10 @@ def test_predictions_match_only_ground_truth_of_their_class():
     gt = np.zeros((1, 16, 16), bool)
     gt[0, 4:12, 4:12] = True
     pred = np.stack([gt[0], gt[0]])  # the same mask twice: a wrong and a right class
-    assert viz._match_to_gt(gt, pred).tolist() == [0, -1]  # without labels: first come wins
-    assert viz._match_to_gt(gt, pred, np.array([1]), np.array([3, 1])).tolist() == [-1, 0]
-    assert viz._match_to_gt(gt, pred, np.array([1]), np.array([3, 2])).tolist() == [-1, -1]
+    # without labels: first come wins
+    assert viz.match_to_ground_truth(gt, pred).tolist() == [0, -1]
+    assert viz.match_to_ground_truth(gt, pred, np.array([1]), np.array([3, 1])).tolist() == [-1, 0]
+    assert viz.match_to_ground_truth(gt, pred, np.array([1]), np.array([3, 2])).tolist() == [-1, -1]
 
 
 def test_place_labels_moves_a_label_off_one_at_the_same_spot():

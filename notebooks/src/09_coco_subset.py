@@ -469,13 +469,15 @@ def show(dataset, index, title, image=None):
 
 
 def objects_found(prediction, target):
-    """Ground-truth objects with a prediction of their class at mask IoU >= 0.5."""
-    predicted = prediction["masks"].cpu().flatten(1).float()
-    truth = target["masks"].flatten(1).float()
-    inter = truth @ predicted.T
-    union = truth.sum(1)[:, None] + predicted.sum(1)[None, :] - inter
-    same_class = target["labels"][:, None] == prediction["labels"].cpu()[None, :]
-    return int(((inter / union.clamp(min=1) >= 0.5) & same_class).any(dim=1).sum())
+    """Ground-truth objects matched by a prediction of their class at mask IoU >= 0.5, with
+    the matching of the figures' titles (`viz.match_to_ground_truth`, as COCOeval's)."""
+    match = viz.match_to_ground_truth(
+        target["masks"].numpy(),
+        prediction["masks"].cpu().numpy(),
+        target["labels"],
+        prediction["labels"].cpu(),
+    )
+    return int((match >= 0).sum())
 
 
 found_per_photo = []
