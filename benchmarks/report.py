@@ -88,21 +88,26 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend()
 
     ax = axes[1, 0]
-    bottoms = [0.0] * len(models)
+    # the untrained presets (200 candidates), then the trained demo SOLO in both wait policies
+    rows = models + ["solo_trained", "solo_trained_default_wait"]
+    labels = ["solo", "decoupled\nsolo", "yolact", "solov2", "trained\nPASSIVE"]
+    labels.append("trained\ndefault wait")
+    bottoms = [0.0] * len(rows)
     for part, colour in (
         ("backbone_fpn", "tab:blue"),
         ("head", "tab:orange"),
         ("post_process", "tab:purple"),
     ):
         heights = []
-        for m in models:
+        for m in rows:
             detail = by.get(f"inference_ms_per_image/{m}", {}).get("detail")
             heights.append(detail.get(part, 0.0) if isinstance(detail, dict) else 0.0)
-        ax.bar(models, heights, bottom=bottoms, label=part, color=colour)
+        ax.bar(labels, heights, bottom=bottoms, label=part, color=colour)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    ax.tick_params(axis="x", labelsize=8)
     ax.axhline(INFERENCE_GOAL_MS, color="red", ls="--", label="goal: 40 ms")
     ax.set_ylabel("ms per image")
-    ax.set_title("Inference, tiny preset, batch 1 at 256 px (CPU)")
+    ax.set_title("Inference, batch 1 at 256 px (CPU)\nuntrained presets; the trained demo SOLO")
     ax.legend()
 
     ax = axes[1, 1]
@@ -362,6 +367,10 @@ METHODS = """## What each row measures
 - `inference_ms_per_image/solo_trained`: `predict` of the trained demo model (the cached
   `minisolo.pretrained("solo")`, not built by the benchmark: the row is empty without it) on
   a val image of the demo's data resized to 256 x 256, batch 1, split like the rows above.
+  `/solo_trained_default_wait` is the same measurement in a child process with
+  `OMP_WAIT_POLICY` unset, as `minisolo predict` and the notebooks run (every other row runs
+  with `PASSIVE`, see the measurement note): at batch 1 the ops are small, and threads that
+  sleep between them make inference 1.5-2x slower on a quiet machine.
 - `paper_train_step_peak_memory/*`: one SGD training step of the paper presets at batch 2
   (SOLO, Decoupled SOLO and SOLOv2: 800 x 1344, YOLACT: 550 x 550), fp32; SOLOv2's loss
   computes the masks of the positive cells only, as `SOLOv2.loss` does. Measured with

@@ -28,8 +28,12 @@ from pathlib import Path
 # On a machine shared with other jobs, OpenMP threads that spin while waiting (the default,
 # "ACTIVE") steal CPU time from the thread doing the work: a 2-thread training step measured
 # 4-10x slower at load 7 on 2 cores. Waiting threads sleep instead; must be set before torch
-# loads the OpenMP runtime. Set OMP_WAIT_POLICY=ACTIVE yourself to compare.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# loads the OpenMP runtime. Set OMP_WAIT_POLICY=ACTIVE yourself to compare. With
+# --default-wait it is left unset, as in a learner's Python (the cpu_speed group measures the
+# trained model's inference that way in a child process: spin-waiting is what makes small
+# batch-1 ops fast on a quiet machine).
+if "--default-wait" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -453,7 +457,35 @@ def bench_cpu_speed(ctx: Context) -> list[dict]:
         rows.append(row(f"train_step_ms/solo_{name}", value, "ms", "cpu", config_info, detail))
 
     rows.append(trained_inference_row(ctx))
+    rows.append(trained_inference_default_wait_row(ctx))
     return rows
+
+
+def bench_trained_inference(ctx: Context) -> list[dict]:
+    """Inference of the trained demo model (the cached ``pretrained("solo")``), batch 1 at 256
+    px, under this process' OpenMP wait policy."""
+    return [trained_inference_row(ctx)]
+
+
+def trained_inference_default_wait_row(ctx: Context) -> dict:
+    """:func:`trained_inference_row` in a child process with ``OMP_WAIT_POLICY`` unset
+    (OpenMP's default: waiting threads spin a while before they sleep), as ``minisolo
+    predict`` or a notebook runs it; the other rows run with ``PASSIVE``."""
+    import tempfile
+
+    name = "inference_ms_per_image/solo_trained_default_wait"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--only", "trained_inference"]
+        command += ["--default-wait", "--threads", str(ctx.threads), "--json", str(out)]
+        command += ["--quick"] if ctx.quick else []
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not out.is_file():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            return row(name, None, "ms", "cpu", {}, f"child process failed: {tail[0]}")
+        (child,) = json.loads(out.read_text())
+    return row(name, child["value"], "ms", "cpu", child["config"], child["detail"])
 
 
 def trained_inference_row(ctx: Context) -> dict:
@@ -463,7 +495,12 @@ def trained_inference_row(ctx: Context) -> dict:
     from minisolo.engine import load_checkpoint
 
     name = "inference_ms_per_image/solo_trained"
-    config_info = {"preset": "tiny (the demo's recipe)", "batch": 1, "image": [256, 256]}
+    config_info = {
+        "preset": "tiny (the demo's recipe)",
+        "batch": 1,
+        "image": [256, 256],
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "unset (OpenMP's default)",
+    }
     folder = model_cache.entry_dir("solo", fast=False)
     if not (folder / "model.pt").is_file():
         missing = "no cached model: minisolo models build solo"
@@ -806,6 +843,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[dict]]] = {
     "train": bench_train,
     "inference": bench_inference,
     "cpu_speed": bench_cpu_speed,
+    "trained_inference": bench_trained_inference,
     "paper_cuda": bench_paper_cuda,
     "paper_memory": bench_paper_memory,
     "before_after": bench_before_after,
@@ -849,6 +887,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--default-wait",
+        action="store_true",
+        help="leave OMP_WAIT_POLICY unset (OpenMP's default) instead of PASSIVE",
+    )
+    parser.add_argument(
         "--docs", type=Path, default=ROOT / "docs" / "benchmarks.md", help="report path"
     )
     args = parser.parse_args(argv)
@@ -864,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(quick=args.quick, device=args.device, threads=args.threads, seed=args.seed)
     machine = machine_info(args.threads, args.device)
     machine["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
-    groups = args.only or list(BENCHMARKS)
+    # trained_inference is run by cpu_speed (in this process and in a child); not twice
+    groups = args.only or [name for name in BENCHMARKS if name != "trained_inference"]
     rows: list[dict] = []
     started = time.perf_counter()
     for name in groups:

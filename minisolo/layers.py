@@ -1,4 +1,4 @@
-"""Small building blocks: CoordConv and conv-GN-ReLU.
+"""Small building blocks: CoordConv, conv-GN-ReLU, and a gradient scaler.
 
 SOLO's mask branch must know *where* it is looking: the mask for grid cell (i, j) is a
 different output channel, so the same pattern at two places must give two different answers.
@@ -69,3 +69,30 @@ def conv_gn_relu_tower(
         for k in range(num_convs)
     ]
     return nn.Sequential(*blocks)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by ``factor`` in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` unchanged, but the gradient that flows back through it is multiplied by
+    ``factor``: 1 is a no-op, 0 is ``x.detach()``.
+
+    A branch that reads shared features through ``scale_gradient(features, 0.1)`` still
+    learns at full speed itself; it only pushes the shared features a tenth as hard.
+    """
+    if factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return _ScaleGradient.apply(x, factor)

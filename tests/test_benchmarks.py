@@ -219,6 +219,22 @@ def test_cpu_speed_helpers_measure_and_say_when_the_cached_model_is_missing(tmp_
     assert row["value"] is None and "minisolo models build solo" in row["detail"]
 
 
+def test_trained_inference_default_wait_row_runs_a_child_without_the_wait_policy(
+    tmp_path, monkeypatch
+):
+    """The child process measures with OMP_WAIT_POLICY unset (this process has PASSIVE, set by
+    benchmarks/run.py); with an empty cache it says what is missing."""
+    from benchmarks import run as bench_run
+    from benchmarks.common import Context
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("MINISOLO_DATA", str(tmp_path))  # no cached model there
+    row = bench_run.trained_inference_default_wait_row(Context(quick=True))
+    assert row["name"] == "inference_ms_per_image/solo_trained_default_wait"
+    assert row["config"]["OMP_WAIT_POLICY"] == "unset (OpenMP's default)"
+    assert row["value"] is None and "minisolo models build solo" in row["detail"]
+
+
 @pytest.mark.parametrize("kind", ["solo", "solov2"])
 def test_fake_training_step_memory_runs_the_solo_family_loss(kind):
     """The paper-memory rows' computation on fake tensors, at a tiny size: SOLOv2's masks are

@@ -1,7 +1,7 @@
 import torch
 
 from minisolo import CoordConv2d, coord_features
-from minisolo.layers import ConvGNReLU, conv_gn_relu_tower
+from minisolo.layers import ConvGNReLU, conv_gn_relu_tower, scale_gradient
 
 
 def test_coord_features_values_by_hand():
@@ -66,3 +66,16 @@ def test_live_tensor_memory_counts_the_peak_by_hand():
     total, peak = peak_tensor_memory(work)
     assert float(total) == 3e6
     assert peak == 2 * 1000 * 1000 * 4 + 4
+
+
+def test_scale_gradient_keeps_values_and_scales_the_gradient_by_hand():
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    for factor, expected in ((1.0, [2.0, 2.0, 2.0]), (0.25, [0.5, 0.5, 0.5]), (0.0, None)):
+        x.grad = None
+        y = scale_gradient(x, factor)
+        assert torch.equal(y, x)  # the forward pass is the identity
+        if expected is None:  # factor 0 is a detach: nothing flows back
+            assert not y.requires_grad
+            continue
+        (2 * y).sum().backward()  # d/dx of sum(2 y) is 2, times the factor
+        assert torch.equal(x.grad, torch.tensor(expected))

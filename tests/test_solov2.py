@@ -470,3 +470,33 @@ def test_checkpoint_round_trip_through_the_engine(tmp_path):
     assert loaded[0]["masks"].shape[-2:] == image.shape[-2:]
     assert_close(loaded[0]["scores"], again[0]["scores"])
     assert torch.equal(loaded[0]["masks"], again[0]["masks"])
+
+
+def test_mask_grad_to_backbone_scales_only_the_mask_paths_gradient_into_shared_features():
+    """The mask loss's gradient into the backbone and FPN is proportional to the factor (0: none),
+    the category loss's is untouched, and the branches' own gradients do not change."""
+    images = torch.randn(2, 3, 128, 128)
+    targets = [_box_target([(30, 70, 40, 90)], [2]), _box_target([(10, 40, 10, 50)], [0])]
+    grads = {}
+    for factor in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        model = SOLOv2(preset("tiny", model="solov2", num_classes=3, mask_grad_to_backbone=factor))
+        for term in ("loss_cate", "loss_mask"):
+            model.zero_grad()
+            model.loss(model(images), targets)[term].backward()
+            grads[factor, term] = {
+                n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                for n, p in model.named_parameters()
+            }
+    shared = [n for n in grads[1.0, "loss_mask"] if n.startswith(("backbone.", "fpn."))]
+    own = [n for n in grads[1.0, "loss_mask"] if n.startswith(("head.kernel", "mask_feature"))]
+    assert shared and own
+    assert sum(grads[1.0, "loss_mask"][n].abs().sum() for n in shared) > 0
+    for n in shared:
+        assert_close(grads[0.25, "loss_mask"][n], 0.25 * grads[1.0, "loss_mask"][n])
+        assert not grads[0.0, "loss_mask"][n].any()
+        assert_close(grads[0.0, "loss_cate"][n], grads[1.0, "loss_cate"][n])
+    for n in own:
+        assert_close(grads[0.0, "loss_mask"][n], grads[1.0, "loss_mask"][n])
+    with pytest.raises(ValueError, match="mask_grad_to_backbone"):
+        preset("tiny", model="solov2", mask_grad_to_backbone=1.5)
