@@ -24,6 +24,7 @@ class Context:
     device: str = "cpu"  # "cpu" or "cuda": where the paper-size rows run
     threads: int = 2
     seed: int = 0
+    default_wait: bool = False  # --default-wait: OMP_WAIT_POLICY left unset (a child process)
     notes: dict[str, Any] = field(default_factory=dict)  # extra results for the report
 
     def repeats(self, full: int, quick: int = 1) -> int:

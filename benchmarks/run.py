@@ -29,9 +29,9 @@ from pathlib import Path
 # "ACTIVE") steal CPU time from the thread doing the work: a 2-thread training step measured
 # 4-10x slower at load 7 on 2 cores. Waiting threads sleep instead; must be set before torch
 # loads the OpenMP runtime. Set OMP_WAIT_POLICY=ACTIVE yourself to compare. With
-# --default-wait it is left unset, as in a learner's Python (the cpu_speed group measures the
-# trained model's inference that way in a child process: spin-waiting is what makes small
-# batch-1 ops fast on a quiet machine).
+# --default-wait it is left unset, as in a learner's Python (the trained_inference group
+# measures the trained model's inference that way too, in a child process: spin-waiting is
+# what makes small batch-1 ops fast on a quiet machine).
 if "--default-wait" not in sys.argv:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -414,9 +414,8 @@ def matmul_gflop_per_s(dtype: torch.dtype, size: int, repeats: int) -> float:
 
 
 def bench_cpu_speed(ctx: Context) -> list[dict]:
-    """CPU speed: the cores' peak (a large matmul, fp32 and bf16), a tiny-SOLO training step in
-    fp32 and under bf16 autocast (alternated, so both see the same machine) against that peak,
-    and inference of the trained demo model (the cached ``pretrained("solo")``)."""
+    """CPU speed: the cores' peak (a large matmul, fp32 and bf16) and a tiny-SOLO training step
+    in fp32 and under bf16 autocast (alternated, so both see the same machine) against it."""
     from minisolo.engine import cpu_has_native_bf16
 
     rows = []
@@ -455,16 +454,16 @@ def bench_cpu_speed(ctx: Context) -> list[dict]:
             detail["percent_of_peak"] = round(100 * gflop / median / peaks[name], 1)
         value = 1e3 * median
         rows.append(row(f"train_step_ms/solo_{name}", value, "ms", "cpu", config_info, detail))
-
-    rows.append(trained_inference_row(ctx))
-    rows.append(trained_inference_default_wait_row(ctx))
     return rows
 
 
 def bench_trained_inference(ctx: Context) -> list[dict]:
     """Inference of the trained demo model (the cached ``pretrained("solo")``), batch 1 at 256
-    px, under this process' OpenMP wait policy."""
-    return [trained_inference_row(ctx)]
+    px, under this process' OpenMP wait policy and, in a child process, with it unset."""
+    rows = [trained_inference_row(ctx)]
+    if not ctx.default_wait:  # the child (--default-wait) measures only its own policy
+        rows.append(trained_inference_default_wait_row(ctx))
+    return rows
 
 
 def trained_inference_default_wait_row(ctx: Context) -> dict:
@@ -904,11 +903,16 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    ctx = Context(quick=args.quick, device=args.device, threads=args.threads, seed=args.seed)
+    ctx = Context(
+        quick=args.quick,
+        device=args.device,
+        threads=args.threads,
+        seed=args.seed,
+        default_wait=args.default_wait,
+    )
     machine = machine_info(args.threads, args.device)
     machine["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
-    # trained_inference is run by cpu_speed (in this process and in a child); not twice
-    groups = args.only or [name for name in BENCHMARKS if name != "trained_inference"]
+    groups = args.only or list(BENCHMARKS)
     rows: list[dict] = []
     started = time.perf_counter()
     for name in groups:

@@ -77,11 +77,14 @@ class KernelBranch(nn.Module):
 
     The coordinates (CoordConv) are what let two cells that see the same object predict
     different kernels, hence masks at different places. No activation on the output; every
-    conv starts from normal(std 0.01) (official ``init_weights``).
+    conv starts from normal(std 0.01) (official ``init_weights``). The features are read
+    through ``scale_gradient(x, config.mask_grad_to_backbone)``: the same numbers, but the
+    gradient this branch sends into the shared FPN is scaled (see :class:`SOLOv2`).
     """
 
     def __init__(self, config: SOLOv2Config) -> None:
         super().__init__()
+        self.mask_grad_to_backbone = config.mask_grad_to_backbone
         c = config.head_channels
         self.tower = conv_gn_relu_tower(
             config.fpn_channels + 2, c, config.stacked_convs, config.num_groups
@@ -90,6 +93,7 @@ class KernelBranch(nn.Module):
         init_head_convs(self)
 
     def forward(self, features: torch.Tensor, grid: int) -> torch.Tensor:
+        features = scale_gradient(features, self.mask_grad_to_backbone)
         # as the official head: the coordinates are added at the feature resolution, then
         # resized with the features (so they are the resized ramps, not linspace(-1, 1, S))
         x = torch.cat([features, coord_features(features)], dim=1)
@@ -104,11 +108,14 @@ class MaskFeatureBranch(nn.Module):
     Level ``l`` (P2 = 0 .. P5 = 3) gets ``max(l, 1)`` conv-GN-ReLU blocks, each but P2's
     followed by a bilinear x2 upsampling, so that all four reach stride 4; the two coordinate
     channels are added only to P5's input (the coarsest level, where position is cheapest to
-    encode). The four maps are summed, and a 1x1 conv-GN-ReLU maps them to E channels.
+    encode). The four maps are summed, and a 1x1 conv-GN-ReLU maps them to E channels. Like
+    the kernel branch, it reads the FPN through ``scale_gradient(x,
+    config.mask_grad_to_backbone)``.
     """
 
     def __init__(self, config: SOLOv2Config) -> None:
         super().__init__()
+        self.mask_grad_to_backbone = config.mask_grad_to_backbone
         fpn, c, groups = config.fpn_channels, config.mask_feature_channels, config.num_groups
         self.levels = nn.ModuleList()
         for level in range(4):
@@ -129,6 +136,7 @@ class MaskFeatureBranch(nn.Module):
         """``fpn_features``: P2..P5 (strides 4, 8, 16, 32); more levels are ignored."""
         total = None
         for level, (x, branch) in enumerate(zip(fpn_features[:4], self.levels, strict=True)):
+            x = scale_gradient(x, self.mask_grad_to_backbone)
             if level == 3:
                 x = torch.cat([x, coord_features(x)], dim=1)
             y = branch(x)
@@ -137,17 +145,11 @@ class MaskFeatureBranch(nn.Module):
 
 
 class SOLOv2Head(nn.Module):
-    """The per-level part, weights shared over the levels: the category and kernel branches.
-
-    The kernel branch reads the features through ``scale_gradient(x,
-    config.mask_grad_to_backbone)``: the same numbers, but its gradient into the shared FPN is
-    scaled (1 in the official recipe; see :class:`SOLOv2` for why the tiny preset lowers it).
-    """
+    """The per-level part, weights shared over the levels: the category and kernel branches."""
 
     def __init__(self, config: SOLOv2Config) -> None:
         super().__init__()
         self.grids = tuple(config.grids)
-        self.mask_grad_to_backbone = config.mask_grad_to_backbone
         self.category_branch = CategoryBranch(config)
         self.kernel_branch = KernelBranch(config)
 
@@ -156,7 +158,7 @@ class SOLOv2Head(nn.Module):
         category, kernel = [], []
         for x, grid in zip(features, self.grids, strict=True):
             category.append(self.category_branch(x, grid))
-            kernel.append(self.kernel_branch(scale_gradient(x, self.mask_grad_to_backbone), grid))
+            kernel.append(self.kernel_branch(x, grid))
         return {"category": category, "kernel": kernel}
 
 
@@ -223,9 +225,7 @@ class SOLOv2(nn.Module):
             )
         fpn = self.fpn(self.backbone(images))  # P2..P6
         outputs = self.head(head_inputs(fpn))
-        factor = self.config.mask_grad_to_backbone
-        mask_inputs = [scale_gradient(x, factor) for x in fpn[:4]]  # P2..P5
-        outputs["mask_features"] = self.mask_feature_branch(mask_inputs)
+        outputs["mask_features"] = self.mask_feature_branch(fpn[:4])  # from P2..P5
         return outputs
 
     def cell_mask_logits(
